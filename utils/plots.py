@@ -1,0 +1,137 @@
+"""The course's plots: each has a title, labelled axes, and a colorbar on heatmaps.
+
+Every function draws on a new figure (or on `ax` when given) and returns the figure, so
+a widget can redraw it and a notebook cell can end with `plt.show()`.
+"""
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+
+def show_token(text: str) -> str:
+    """Make a token's text readable in a plot: spaces as ␣, newlines as ⏎.
+
+    Introduced in chapter 1.
+    """
+    return text.replace(" ", "␣").replace("\n", "⏎") or "∅"
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return fig, ax
+
+
+def plot_token_probs(
+    pairs: Sequence[tuple[str, float]], title: str, ax: Axes | None = None
+) -> Figure:
+    """Horizontal bars of the most likely next tokens, the most likely on top.
+
+    Args:
+        pairs: `(token_text, probability)`, most likely first (see `top_tokens`).
+        title: the figure's title.
+        ax: draw here instead of on a new figure.
+
+    Introduced in chapter 1.
+    """
+    fig, ax = _axes(ax, (6, 0.35 * len(pairs) + 1.2))
+    labels = [show_token(text) for text, _ in pairs][::-1]
+    values = [p for _, p in pairs][::-1]
+    bars = ax.barh(labels, values, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3, fontsize=8)
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("probability of being the next token")
+    ax.set_ylabel("token (␣ = space)")
+    ax.set_title(title)
+    return fig
+
+
+def plot_heatmap(
+    matrix: torch.Tensor | np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str,
+    colorbar_label: str = "",
+    ax: Axes | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotate: bool = False,
+) -> Figure:
+    """A labelled heatmap with a colorbar (similarities, attention weights, ...).
+
+    Args:
+        matrix: (R, C) values.
+        row_labels: R labels, shown on the y axis.
+        col_labels: C labels, shown on the x axis.
+        title: the figure's title.
+        colorbar_label: what the colours mean.
+        ax: draw here instead of on a new figure.
+        vmin: value of the lowest colour; defaults to the data's minimum.
+        vmax: value of the highest colour; defaults to the data's maximum.
+        annotate: write each value in its cell (for small matrices).
+
+    Introduced in chapter 1.
+    """
+    values = np.asarray(matrix.detach().cpu() if torch.is_tensor(matrix) else matrix)
+    if values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(
+            f"matrix has shape {values.shape} but there are {len(row_labels)} row "
+            f"labels and {len(col_labels)} column labels"
+        )
+    fig, ax = _axes(ax, (1.0 + 0.6 * len(col_labels), 0.8 + 0.45 * len(row_labels)))
+    image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    if annotate:
+        middle = (values.max() + values.min()) / 2
+        for (r, c), v in np.ndenumerate(values):
+            colour = "black" if v > middle else "white"
+            ax.text(
+                c, r, f"{v:.2f}", ha="center", va="center", color=colour, fontsize=8
+            )
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    ax.set_title(title)
+    return fig
+
+
+def plot_bars(
+    values: dict[str, float],
+    title: str,
+    ylabel: str,
+    ax: Axes | None = None,
+    reference: tuple[str, float] | None = None,
+    fmt: str = "{:.2f}",
+    log: bool = False,
+) -> Figure:
+    """Vertical bars, one per named value, each labelled with its value.
+
+    Args:
+        values: bar name -> height.
+        title: the figure's title.
+        ylabel: what the heights measure.
+        ax: draw here instead of on a new figure.
+        reference: `(label, height)` of a dashed horizontal line, e.g. chance level.
+        fmt: format of the numbers written on the bars.
+        log: use a logarithmic y axis.
+
+    Introduced in chapter 1.
+    """
+    fig, ax = _axes(ax, (1.2 + 1.3 * len(values), 3.6))
+    bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.bar_label(bars, labels=[fmt.format(v) for v in values.values()], padding=2)
+    if reference is not None:
+        label, height = reference
+        ax.axhline(height, color="grey", linestyle="--", label=label)
+        ax.legend(loc="lower right")
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(y=0.15)
+    return fig
