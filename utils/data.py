@@ -340,7 +340,7 @@ def _download_into_cache(spec: DatasetSpec, target: Path, progress: bool) -> Non
             _download(spec.url, parts[0], progress)
         except (OSError, http.client.HTTPException) as err:
             # URLError, HTTPError and TimeoutError are all OSErrors
-            raise DatasetUnavailableError(_offline_message(spec, target, err)) from err
+            raise DatasetUnavailableError(_offline_message(spec, target, err)) from None
         ready = parts[0]
         if spec.zip_member is not None:
             _extract_member(spec, parts[0], parts[1], target)

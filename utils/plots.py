@@ -84,7 +84,9 @@ def plot_heatmap(
             f"matrix has shape {values.shape} but there are {len(row_labels)} row "
             f"labels and {len(col_labels)} column labels"
         )
-    fig, ax = _axes(ax, (1.0 + 0.6 * len(col_labels), 0.8 + 0.45 * len(row_labels)))
+    width = min(3.0 + 0.75 * len(col_labels), 12.0)
+    height = min(2.0 + 0.5 * len(row_labels), 10.0)
+    fig, ax = _axes(ax, (width, height))
     image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
