@@ -81,7 +81,7 @@ def _tiny_llama(attn_implementation: str):
 
 @pytest.fixture
 def tiny_llama():
-    """(model, tokenizer): a random tiny LLaMA with eager attention and CharTokenizer."""
+    """(model, tokenizer): a tiny random LLaMA (eager attention), CharTokenizer."""
     return _tiny_llama("eager"), CharTokenizer()
 
 

@@ -306,19 +306,32 @@ def test_next_token_probs_temperature_zero_is_one_hot(smollm2) -> None:
     assert top_tokens(probs, tokenizer, k=1) == [(" Paris", 1.0)]
 
 
-def _classify_without_cache(model, tokenizer, texts, labels, instruction, examples):
+class _LogitRecorder:
+    """Wraps a model and keeps the last position's logits of every call."""
+
+    def __init__(self, model) -> None:
+        self.model, self.last_logits = model, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, **kwargs):
+        out = self.model(**kwargs)
+        self.last_logits.append(out.logits[0, -1])  # (V,)
+        return out
+
+
+def _full_prompt_logits(model, tokenizer, texts, instruction, examples):
     """Reference: one full forward pass per prompt, no shared-prefix cache."""
-    first = [tokenizer.encode(label, add_special_tokens=False)[0] for label in labels]
-    answers = []
+    logits = []
     for text in texts:
         messages = few_shot_messages(instruction, examples, text)
         ids = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"]
         with torch.no_grad():
-            scores = model(input_ids=ids).logits[0, -1, first]  # (n_labels,)
-        answers.append(labels[int(scores.argmax())])
-    return answers
+            logits.append(model(input_ids=ids).logits[0, -1])  # (V,)
+    return torch.stack(logits)  # (N, V)
 
 
 @pytest.mark.slow
@@ -326,16 +339,21 @@ def _classify_without_cache(model, tokenizer, texts, labels, instruction, exampl
 def test_classify_by_prompt_cache_matches_full_prompts(smollm2, examples) -> None:
     model, tokenizer = smollm2
     labels = ("positive", "negative")
+    first = [tokenizer.encode(label, add_special_tokens=False)[0] for label in labels]
+    recorder = _LogitRecorder(model)
 
     got = classify_by_prompt(
-        model, tokenizer, REVIEWS, labels, SENTIMENT_INSTRUCTION, examples
-    )
-    expected = _classify_without_cache(
-        model, tokenizer, REVIEWS, labels, SENTIMENT_INSTRUCTION, examples
+        recorder, tokenizer, REVIEWS, labels, SENTIMENT_INSTRUCTION, examples
     )
 
+    full = _full_prompt_logits(
+        model, tokenizer, REVIEWS, SENTIMENT_INSTRUCTION, examples
+    )
+    cached = torch.stack(recorder.last_logits[1:])  # call 0 ran the shared prefix
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    expected = [labels[i] for i in full[:, first].argmax(-1).tolist()]
     assert got == expected
-    assert set(expected) == set(labels)  # both labels occur: the test can tell
+    assert set(expected) == set(labels)  # both labels occur, so order matters
 
 
 @pytest.mark.slow

@@ -135,11 +135,13 @@ def smollm2_cache_path() -> Path:
 
 def _quiet_load(loader, *args, **kwargs):
     """Call a `from_pretrained` without its per-load progress bar."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         return loader(*args, local_files_only=True, **kwargs)
     finally:
-        hf_logging.enable_progress_bar()
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_smollm2(

@@ -137,3 +137,82 @@ def plot_bars(
     ax.set_title(title)
     ax.margins(y=0.15)
     return fig
+
+
+def plot_attention(
+    weights: torch.Tensor,
+    tokens: Sequence[str],
+    title: str,
+    query: int | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """One attention map: rows are queries, columns are the keys they attend to.
+
+    Args:
+        weights: (T, S) attention weights; each row sums to 1.
+        tokens: T labels (S labels for the keys when S == T).
+        title: the figure's title.
+        query: outline this query's row.
+        ax: draw here instead of on a new figure.
+
+    Introduced in chapter 3.
+    """
+    labels = [show_token(t) for t in tokens]
+    size = min(3.0 + 0.5 * len(labels), 12.0)
+    fig, ax = _axes(ax, (size + 1.0, size))
+    keys = labels[-weights.shape[1] :]
+    plot_heatmap(
+        weights, labels, keys, title, "attention weight", ax=ax, vmin=0, vmax=1
+    )
+    if query is not None:
+        box = plt.Rectangle(
+            (-0.5, query - 0.5), weights.shape[1], 1, fill=False, ec="red", lw=2
+        )
+        ax.add_patch(box)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    return fig
+
+
+def plot_attention_grid(
+    maps: Sequence[torch.Tensor],
+    tokens: Sequence[str],
+    title: str,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> Figure:
+    """A layer x head grid of small attention maps.
+
+    Args:
+        maps: L tensors, each (1, H, T, T) or (H, T, T), as models return them.
+        tokens: T labels, shown on the first column and the last row.
+        title: the figure's title.
+        layers: which layers to show (rows); all by default.
+        heads: which heads to show (columns); all by default.
+
+    Introduced in chapter 4.
+    """
+    maps = [m[0] if m.dim() == 4 else m for m in maps]  # (1, H, T, T) -> (H, T, T)
+    layers = list(layers if layers is not None else range(len(maps)))
+    heads = list(heads if heads is not None else range(maps[0].shape[0]))
+    fig, axes = plt.subplots(
+        len(layers),
+        len(heads),
+        figsize=(1.6 * len(heads) + 1.5, 1.6 * len(layers) + 0.8),
+        squeeze=False,
+        layout="constrained",
+    )
+    labels = [show_token(t) for t in tokens]
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            ax = axes[r][c]
+            image = ax.imshow(maps[layer][head].detach().cpu(), vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"head {head}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"layer {layer}", fontsize=9)
+    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.6)
+    fig.suptitle(f"{title} ({len(labels)} tokens; rows: queries, columns: keys)")
+    return fig

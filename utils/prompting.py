@@ -205,16 +205,18 @@ def generate(
     ids = encode_prompt(model, tokenizer, prompt, chat=chat, room=max_new_tokens)
     if max_new_tokens == 0:
         return ""
-    if seed is not None:
-        torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.eos_token_id,
-        **(sampling if temperature > 0 else {"do_sample": False}),
-    )
+    # a private random stream: the notebook's own generator is left as it was
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.eos_token_id,
+            **(sampling if temperature > 0 else {"do_sample": False}),
+        )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
@@ -274,6 +276,10 @@ def classify_by_prompt(
 
     Introduced in chapter 1.
     """
+    if not texts:
+        return []
+    if any(not label.strip() for label in labels):
+        raise ValueError(f"labels must be non-empty words, got {list(labels)}")
     first = [tokenizer.encode(label, add_special_tokens=False)[0] for label in labels]
     if len(set(first)) != len(first):
         raise ValueError(

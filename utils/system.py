@@ -36,7 +36,7 @@ def pick_device(prefer_gpu: bool = True) -> torch.device:
 
 
 def environment_report() -> list[tuple[str, str]]:
-    """What this kernel runs on: versions of the stack, threads, device and data.
+    """What this kernel runs on: versions of the stack, threads and device.
 
     Returns:
         `(item, value)` rows, for printing as a table.
@@ -95,7 +95,7 @@ def check_widget_frontend() -> str:
         frontend = metadata.version("jupyterlab_widgets")
     except metadata.PackageNotFoundError:
         frontend = "missing"
-    expected = {"8": "3", "7": "1"}.get(kernel.split(".")[0])
+    expected = {"8": "3", "7": "1"}.get(kernel.split(".")[0], "3")
     if frontend.split(".")[0] != expected:
         raise RuntimeError(
             f"ipywidgets {kernel} needs jupyterlab_widgets {expected}.x, found "

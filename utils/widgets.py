@@ -6,6 +6,8 @@ widget updates), so a stored notebook shows the initial state on GitHub and in
 nbconvert output, where no widget front end runs.
 """
 
+from collections.abc import Callable, Sequence
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,8 +16,12 @@ from IPython.display import display
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from utils.plots import plot_token_probs
+from utils.models import attention_maps
+from utils.plots import plot_attention, plot_token_probs, show_token
 from utils.prompting import next_token_logits, probs_from_logits, top_tokens
+
+# text -> (T token strings, L attention tensors each (H, T, T))
+AttentionFn = Callable[[str], tuple[list[str], Sequence[torch.Tensor]]]
 
 
 class LiveFigure:
@@ -137,6 +143,115 @@ class NextTokenExplorer:
             return
         self.message.value = ""
         self.live.show(fig)
+
+    def show(self) -> None:
+        """Display the controls, then the figure."""
+        display(self.controls)
+        self.redraw()
+
+
+def hf_attention_fn(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 32
+) -> AttentionFn:
+    """Adapt a `transformers` model loaded with `attn_weights=True` for the explorer.
+
+    Args:
+        max_tokens: longer texts are cut to this many tokens, to keep maps readable.
+
+    Returns:
+        A function: text -> (tokens, L tensors of shape (H, T, T)).
+
+    Introduced in chapter 4.
+    """
+
+    def run(text: str) -> tuple[list[str], list[torch.Tensor]]:
+        if not text.strip():
+            raise ValueError("the text is empty; type a sentence to look at")
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens]
+        maps = attention_maps(model, ids.to(model.device))
+        tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+        return tokens, [m[0].float().cpu() for m in maps]  # L x (H, T, T)
+
+    return run
+
+
+class AttentionExplorer:
+    """Pick a text, a layer, a head and a query token: see where that query looks.
+
+    Left: the head's full attention map with the query's row outlined. Right: that
+    row as bars, one per key token.
+
+    Introduced in chapter 3.
+    """
+
+    def __init__(
+        self,
+        attention_fn: AttentionFn,
+        text: str,
+        layer: int = 0,
+        head: int = 0,
+        query: int = -1,
+        title: str = "attention",
+    ) -> None:
+        self.attention_fn, self.title = attention_fn, title
+        self.text = widgets.Text(
+            value=text,
+            description="text",
+            continuous_update=False,
+            layout=widgets.Layout(width="70%"),
+        )
+        self.layer = widgets.IntSlider(min=0, max=0, description="layer")
+        self.head = widgets.IntSlider(min=0, max=0, description="head")
+        self.query = widgets.IntSlider(value=0, min=0, max=0, description="query")
+        self.message = widgets.HTML()
+        self.live = LiveFigure()
+        self._load(text, query)
+        self.layer.value, self.head.value = layer, head  # sliders now have their range
+        self.text.observe(lambda _: self._on_text(), names="value")
+        for control in (self.layer, self.head, self.query):
+            control.observe(lambda _: self.redraw(), names="value")
+        self.controls = widgets.VBox(
+            [self.text, widgets.HBox([self.layer, self.head, self.query]), self.message]
+        )
+
+    def _load(self, text: str, query: int = -1) -> None:
+        """Run the model on `text` and fit the sliders' ranges to its output."""
+        tokens, maps = self.attention_fn(text)
+        self.tokens, self.maps = tokens, maps
+        self.layer.max, self.head.max = len(maps) - 1, maps[0].shape[0] - 1
+        self.query.max = len(tokens) - 1
+        self.query.value = query % len(tokens)
+
+    def _on_text(self) -> None:
+        try:
+            self._load(self.text.value)
+        except ValueError as err:
+            self.message.value = f"<b style='color:#b00'>{err}</b>"
+            return
+        self.redraw()
+
+    def draw(self) -> Figure:
+        """The map of the chosen layer and head, and the chosen query's row."""
+        weights = self.maps[self.layer.value][self.head.value]  # (T, T)
+        q = self.query.value
+        fig, (left, right) = plt.subplots(
+            1, 2, figsize=(12, 5), layout="constrained", width_ratios=(1.1, 1)
+        )
+        where = f"layer {self.layer.value}, head {self.head.value}"
+        plot_attention(weights, self.tokens, f"{self.title}: {where}", q, ax=left)
+        labels = [show_token(t) for t in self.tokens]
+        right.bar(range(len(labels)), weights[q].tolist(), color="tab:red")
+        right.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+        right.set_ylim(0, 1)
+        right.set_xlabel("key (attended to)")
+        right.set_ylabel("attention weight")
+        right.set_title(f"where “{labels[q]}” (query {q}) looks")
+        return fig
+
+    def redraw(self) -> None:
+        """Draw again for the current controls."""
+        self.message.value = ""
+        self.live.show(self.draw())
 
     def show(self) -> None:
         """Display the controls, then the figure."""

@@ -197,6 +197,11 @@ def format_value(value: Any) -> str:
         return _format_tensor(value.detach().cpu())
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return f"{int(value):,}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_value(item) for item in value) + ")"
+    if isinstance(value, torch.nn.Module):
+        children = ", ".join(name for name, _ in value.named_children())
+        return f"{type(value).__name__}({children})"
     return repr(value)
 
 

@@ -6,11 +6,46 @@ top to bottom even when earlier exercises are unsolved, and `utils.checks` compa
 answers against it. Names match the chapter code, so the two can be diffed.
 """
 
+from utils.reference.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    padding_mask,
+    repeat_kv,
+    scaled_dot_product_attention,
+)
+from utils.reference.block import MLP, LayerNorm, RMSNorm, TransformerBlock
+from utils.reference.bpe import (
+    BPETokenizer,
+    encode_with_merges,
+    merge,
+    most_frequent_pair,
+    pair_counts,
+    split_text,
+)
 from utils.reference.params import ArchConfig, count_parameters
+from utils.reference.positions import apply_rope, rope_cos_sin, sinusoidal_positions
 from utils.reference.softmax import softmax
 
 __all__ = [
     "ArchConfig",
+    "BPETokenizer",
+    "LayerNorm",
+    "MLP",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "TransformerBlock",
+    "apply_rope",
+    "causal_mask",
     "count_parameters",
+    "encode_with_merges",
+    "merge",
+    "most_frequent_pair",
+    "padding_mask",
+    "pair_counts",
+    "repeat_kv",
+    "rope_cos_sin",
+    "scaled_dot_product_attention",
+    "sinusoidal_positions",
     "softmax",
+    "split_text",
 ]
