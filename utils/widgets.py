@@ -257,3 +257,69 @@ class AttentionExplorer:
         """Display the controls, then the figure."""
         display(self.controls)
         self.redraw()
+
+
+class ScalingExplorer:
+    """Random queries and keys of width Dh: see the softmax saturate without scaling.
+
+    Controls: the head width Dh, whether scores are divided by sqrt(Dh), and a
+    temperature that divides the scores further. The figure shows the (T, T) weights
+    and the largest weight per query.
+
+    Introduced in chapter 3.
+    """
+
+    def __init__(self, seq_len: int = 8, head_dim: int = 64, seed: int = 0) -> None:
+        self.seq_len, self.seed = seq_len, seed
+        self.head_dim = widgets.SelectionSlider(
+            options=[2, 4, 8, 16, 32, 64, 128, 256, 512],
+            value=head_dim,
+            description="Dh",
+        )
+        self.scaled = widgets.Checkbox(value=True, description="divide by √Dh")
+        self.temperature = widgets.FloatLogSlider(
+            value=1.0, base=10, min=-1, max=1, step=0.1, description="temperature"
+        )
+        for control in (self.head_dim, self.scaled, self.temperature):
+            control.observe(lambda _: self.redraw(), names="value")
+        self.controls = widgets.HBox([self.head_dim, self.scaled, self.temperature])
+        self.live = LiveFigure()
+
+    def weights(self) -> torch.Tensor:
+        """(T, T) attention weights for the current controls."""
+        generator = torch.Generator().manual_seed(self.seed)
+        d = self.head_dim.value
+        q = torch.randn(self.seq_len, d, generator=generator)  # (T, Dh)
+        k = torch.randn(self.seq_len, d, generator=generator)  # (T, Dh)
+        scores = q @ k.T  # (T, T), each entry has variance Dh
+        if self.scaled.value:
+            scores = scores / d**0.5  # back to variance 1
+        return torch.softmax(scores / self.temperature.value, dim=-1)
+
+    def draw(self) -> Figure:
+        """Heatmap of the weights, and the largest weight of each query."""
+        weights = self.weights()
+        tokens = [f"t{i}" for i in range(self.seq_len)]
+        fig, (left, right) = plt.subplots(
+            1, 2, figsize=(11, 4.2), layout="constrained", width_ratios=(1.2, 1)
+        )
+        scaling = "scaled" if self.scaled.value else "NOT scaled"
+        title = f"Dh={self.head_dim.value}, {scaling}, T°={self.temperature.value:.2g}"
+        plot_attention(weights, tokens, title, ax=left)
+        right.bar(tokens, weights.max(dim=-1).values.tolist(), color="tab:purple")
+        right.axhline(1 / self.seq_len, color="grey", ls="--", label="uniform")
+        right.set_ylim(0, 1.05)
+        right.set_xlabel("query")
+        right.set_ylabel("largest weight in the row")
+        right.set_title("1.0 means the softmax has saturated")
+        right.legend(loc="upper right")
+        return fig
+
+    def redraw(self) -> None:
+        """Draw again for the current controls."""
+        self.live.show(self.draw())
+
+    def show(self) -> None:
+        """Display the controls, then the figure."""
+        display(self.controls)
+        self.redraw()
