@@ -3,9 +3,16 @@ the next-token explorer reruns its model only when the prompt changes."""
 
 import matplotlib.pyplot as plt
 import pytest
+import torch
 
 import utils.widgets as uw
-from utils.widgets import LiveFigure, NextTokenExplorer, SanityCheck
+from utils.widgets import (
+    AttentionExplorer,
+    LiveFigure,
+    NextTokenExplorer,
+    SanityCheck,
+    ScalingExplorer,
+)
 
 
 class FakeHandle:
@@ -131,3 +138,44 @@ def test_next_token_explorer_smollm2_shows_paris(
     assert len(model_calls) == 1
     assert bars[-1].get_text() == "␣Paris"  # most likely on top, spaces shown as ␣
     assert "temperature 0.0" in _title(explorer.live.figure)
+
+
+def _fake_attention(text: str) -> tuple[list[str], list[torch.Tensor]]:
+    """Two layers, three heads, uniform causal weights over the words of `text`."""
+    if not text.strip():
+        raise ValueError("the text is empty")
+    tokens = text.split()
+    n = len(tokens)
+    weights = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+    return tokens, [weights.expand(3, n, n).clone() for _ in range(2)]
+
+
+def test_attention_explorer_fits_sliders_to_model(displayed) -> None:
+    explorer = AttentionExplorer(_fake_attention, "a b c d", layer=1, head=2, query=-1)
+    assert (explorer.layer.max, explorer.head.max, explorer.query.max) == (1, 2, 3)
+    assert (explorer.layer.value, explorer.head.value, explorer.query.value) == (
+        1,
+        2,
+        3,
+    )
+    explorer.show()
+    explorer.text.value = "x y"
+    assert explorer.query.max == 1
+    assert len(displayed) == 2  # the controls, then one figure updated in place
+
+
+def test_attention_explorer_empty_text_sets_message(displayed) -> None:
+    explorer = AttentionExplorer(_fake_attention, "a b c")
+    explorer.show()
+    explorer.text.value = "   "
+    assert "empty" in explorer.message.value
+    assert explorer.tokens == ["a", "b", "c"]
+
+
+def test_scaling_explorer_saturates_without_scale() -> None:
+    explorer = ScalingExplorer(seq_len=8, head_dim=512)
+    scaled_max = explorer.weights().max(dim=-1).values.mean()
+    explorer.scaled.value = False
+    raw_max = explorer.weights().max(dim=-1).values.mean()
+    assert raw_max > 0.9 > scaled_max
+    torch.testing.assert_close(explorer.weights().sum(-1), torch.ones(8))
