@@ -42,13 +42,21 @@ def _exercises(path: Path) -> dict[str, tuple[str, str, str]]:
         )
         if match:
             stub = ast.parse(_source(cells[i + 1])).body[0]
-            signature = ast.unparse(stub.args) + " -> " + ast.unparse(stub.returns)
             found[match.group(1)] = (
                 match.group(2),
-                f"{stub.name}({signature})",
+                _signature(stub),
                 _source(cells[i + 2]),
             )
     return found
+
+
+def _signature(stub: ast.stmt) -> str:
+    """name(args) -> returns of a stub function, or of each method of a stub class."""
+    if isinstance(stub, ast.ClassDef):
+        methods = [n for n in stub.body if isinstance(n, ast.FunctionDef)]
+        return f"class {stub.name}: " + "; ".join(_signature(m) for m in methods)
+    returns = ast.unparse(stub.returns) if stub.returns else "None"
+    return f"{stub.name}({ast.unparse(stub.args)}) -> {returns}"
 
 
 def _solution_for(chapter: Path) -> Path:

@@ -145,22 +145,30 @@ def plot_attention(
     title: str,
     query: int | None = None,
     ax: Axes | None = None,
+    key_tokens: Sequence[str] | None = None,
 ) -> Figure:
     """One attention map: rows are queries, columns are the keys they attend to.
 
     Args:
         weights: (T, S) attention weights; each row sums to 1.
-        tokens: T labels (S labels for the keys when S == T).
+        tokens: T labels for the queries; also the keys' labels when `key_tokens`
+            is None (the last S of them, as in cached generation).
         title: the figure's title.
         query: outline this query's row.
         ax: draw here instead of on a new figure.
+        key_tokens: S labels for the keys, e.g. the encoder's tokens in
+            cross-attention.
 
     Introduced in chapter 3.
     """
     labels = [show_token(t) for t in tokens]
     size = min(3.0 + 0.5 * len(labels), 12.0)
     fig, ax = _axes(ax, (size + 1.0, size))
-    keys = labels[-weights.shape[1] :]
+    keys = (
+        labels[-weights.shape[1] :]
+        if key_tokens is None
+        else [show_token(t) for t in key_tokens]
+    )
     plot_heatmap(
         weights, labels, keys, title, "attention weight", ax=ax, vmin=0, vmax=1
     )
