@@ -16,11 +16,13 @@ TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 .PHONY: help setup lab test test-fast lint clean-cache clean
 
 help:
-	@echo "make lab        set up (first time only) and open the course in JupyterLab"
-	@echo "make test       set up (first time only) and run every test"
-	@echo "make test-fast  unit tests without the slow ones (no notebooks)"
-	@echo "make lint       ruff over utils/, tests/ and the notebooks"
-	@echo "make clean      remove .venv/ and the caches under data/cache/"
+	@echo "make lab          set up (first time only) and open the course in JupyterLab"
+	@echo "make test         set up (first time only) and run every test"
+	@echo "make test-fast    unit tests without the slow ones (no notebooks)"
+	@echo "make lint         ruff over utils/, tests/, benchmarks/ and the notebooks"
+	@echo "make setup        create .venv/ and install the pinned stack (lab and test do this)"
+	@echo "make clean-cache  remove data/cache/ (datasets and converted model weights)"
+	@echo "make clean        remove .venv/ and data/cache/"
 
 setup: $(STAMP)
 
@@ -34,8 +36,10 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(BIN)/jupyter server extension disable --sys-prefix nbclassic >/dev/null 2>&1
 	@touch $@
 
+# root_dir keeps the whole project in the file browser; without it JupyterLab
+# would serve only the folder of the notebook it opens.
 lab: setup
-	$(BIN)/jupyter lab $(ROOT_FLAG) chapters/00_start_here.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir="$(CURDIR)" chapters/00_start_here.ipynb
 
 test: setup
 	$(TEST_ENV) $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env chapters solutions

@@ -36,6 +36,11 @@ def _softmax_no_keepdim(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return e / e.sum(dim=dim)
 
 
+def _softmax_global_max(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    e = torch.exp(x - x.max())  # one max for the whole tensor, not one per row
+    return e / e.sum(dim=dim, keepdim=True)
+
+
 def _count_with(config: ArchConfig, mistake: str = "") -> int:
     """An independent parameter count that can make one named mistake."""
     d, f, v, n_layers = config.d_model, config.d_ff, config.vocab_size, config.n_layers
@@ -65,7 +70,7 @@ def _stub(*args: object, **kwargs: object) -> None:
 @pytest.mark.parametrize(
     ("exercise_id", "fn", "line"),
     [
-        ("0.1", softmax, "Exercise 0.1: passed 5/5 checks"),
+        ("0.1", softmax, "Exercise 0.1: passed 6/6 checks"),
         ("1.1", count_parameters, "Exercise 1.1: passed 6/6 checks"),
         ("1.1", _count_with, "Exercise 1.1: passed 6/6 checks"),
     ],
@@ -88,11 +93,16 @@ def test_check_exercise_stub_not_attempted(
 @pytest.mark.parametrize(
     ("wrong", "case", "keyword"),
     [
-        (_softmax_no_max, "check 4/5 (large logits)", "Subtract the max"),
-        (_softmax_ignores_dim, "check 3/5 (non-default dim)", "softmax along dim=1"),
-        (_softmax_exp_only, "check 1/5 (small vector)", "without normalising"),
-        (_softmax_by_max, "check 1/5 (small vector)", "not by the max"),
-        (_softmax_no_keepdim, "check 2/5 (batch of rows)", "keepdim=True"),
+        (_softmax_no_max, "check 4/6 (large logits)", "Subtract the max"),
+        (_softmax_ignores_dim, "check 3/6 (non-default dim)", "softmax along dim=1"),
+        (_softmax_exp_only, "check 1/6 (small vector)", "without normalising"),
+        (_softmax_by_max, "check 1/6 (small vector)", "not by the max"),
+        (_softmax_no_keepdim, "check 2/6 (batch of rows)", "keepdim=True"),
+        (
+            _softmax_global_max,
+            "check 5/6 (rows on different scales)",
+            "one max for the whole tensor",
+        ),
     ],
 )
 def test_softmax_check_rejects_wrong_answer(
@@ -150,7 +160,7 @@ def test_check_exercise_wraps_learner_exception() -> None:
 
     with pytest.raises(AssertionError) as info:
         check_exercise("0.1", broken)
-    assert "check 1/5 (small vector)" in str(info.value)
+    assert "check 1/6 (small vector)" in str(info.value)
     assert "ValueError: boom" in str(info.value)
     assert isinstance(info.value.__cause__, ValueError)
 
@@ -161,7 +171,7 @@ def test_check_exercise_late_not_implemented_is_failure() -> None:
             raise NotImplementedError("only dim=-1")
         return softmax(x, dim)
 
-    with pytest.raises(AssertionError, match=r"check 3/5 \(non-default dim\)"):
+    with pytest.raises(AssertionError, match=r"check 3/6 \(non-default dim\)"):
         check_exercise("0.1", partial)
 
 

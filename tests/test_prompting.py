@@ -83,6 +83,23 @@ def test_probs_from_logits_negative_temperature_raises(temperature: float) -> No
         probs_from_logits(torch.zeros(5), temperature)
 
 
+@pytest.mark.parametrize(
+    ("temperature", "error", "match"),
+    [
+        (float("nan"), ValueError, "finite"),
+        (float("inf"), ValueError, "finite"),
+        ("0.7", TypeError, "number"),
+        (None, TypeError, "number"),
+        (True, TypeError, "number"),
+    ],
+)
+def test_check_temperature_rejects_non_numbers(
+    temperature: object, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        check_temperature(temperature)
+
+
 def test_check_temperature_accepts_zero_and_positive() -> None:
     for temperature in (0, 0.0, 0.7, 3):
         assert check_temperature(temperature) is None
@@ -214,6 +231,22 @@ def test_generate_rejects_bad_arguments_before_running(tiny_llama) -> None:
         generate(model, tokenizer, "hi", max_new_tokens=-1)
     with pytest.raises(ValueError, match="greedy"):
         next_token_probs(None, None, "hi", temperature=-0.5)  # model never touched
+    with pytest.raises(TypeError, match="whole number"):
+        generate(model, tokenizer, "hi", max_new_tokens=2.5)
+    with pytest.raises(TypeError, match="number"):
+        generate(model, tokenizer, "hi", temperature="hot")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "error"),
+    [(None, TypeError), (42, TypeError), ([], ValueError), (["hi"], ValueError)],
+)
+def test_encode_prompt_rejects_prompts_of_the_wrong_kind(
+    tiny_llama, prompt: object, error: type
+) -> None:
+    model, tokenizer = tiny_llama
+    with pytest.raises(error, match="prompt"):
+        encode_prompt(model, tokenizer, prompt)
 
 
 def test_generate_greedy_on_tiny_model_is_deterministic(tiny_llama) -> None:

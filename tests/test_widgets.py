@@ -172,6 +172,27 @@ def test_attention_explorer_empty_text_sets_message(displayed) -> None:
     assert explorer.tokens == ["a", "b", "c"]
 
 
+def _lenient_attention(text: str) -> tuple[list[str], list[torch.Tensor]]:
+    """Like `_fake_attention`, but returns no tokens for an empty text."""
+    tokens = text.split()
+    return tokens, [torch.ones(3, len(tokens), len(tokens)) for _ in range(2)] * bool(
+        tokens
+    )
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_attention_explorer_rejects_empty_text_before_touching_sliders(
+    displayed, text: str
+) -> None:
+    explorer = AttentionExplorer(_lenient_attention, "a b c", query=-1)
+    explorer.show()
+    explorer.text.value = text
+    assert "empty" in explorer.message.value
+    assert (explorer.query.max, explorer.query.value) == (2, 2)
+    with pytest.raises(ValueError, match="empty"):
+        AttentionExplorer(_lenient_attention, text)
+
+
 def test_scaling_explorer_saturates_without_scale() -> None:
     explorer = ScalingExplorer(seq_len=8, head_dim=512)
     scaled_max = explorer.weights().max(dim=-1).values.mean()

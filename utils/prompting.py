@@ -6,6 +6,8 @@ built by hand in chapter 5; here `transformers` does the decoding.
 """
 
 import copy
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -22,10 +24,17 @@ def check_temperature(temperature: float) -> None:
     """Reject a negative temperature with a message that says what 0 means.
 
     Raises:
-        ValueError: `temperature` is below 0.
+        TypeError: `temperature` is not a number.
+        ValueError: `temperature` is below 0, NaN or infinite.
 
     Introduced in chapter 1.
     """
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(
+            f"temperature must be a number such as 0.7, got {type(temperature).__name__}"
+        )
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number, got {temperature}")
     if temperature < 0:
         raise ValueError(
             f"temperature must be >= 0, got {temperature}; use 0 for greedy decoding "
@@ -51,10 +60,22 @@ def encode_prompt(
         (1, T) token ids on the model's device.
 
     Raises:
+        TypeError: the prompt is neither a string nor a list of messages.
         ValueError: the prompt is empty, or with `room` it exceeds the context.
 
     Introduced in chapter 1.
     """
+    if not isinstance(prompt, (str, list)):
+        raise TypeError(
+            "the prompt must be a string, or a list of {'role': ..., 'content': ...} "
+            f"messages; got {type(prompt).__name__}"
+        )
+    if isinstance(prompt, list) and not (
+        prompt and all(isinstance(m, dict) and "content" in m for m in prompt)
+    ):
+        raise ValueError(
+            "a chat prompt is a non-empty list of {'role': ..., 'content': ...} dicts"
+        )
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError(
             "the prompt is empty; type at least one word for the model to continue"
@@ -194,12 +215,18 @@ def generate(
         The generated text without the prompt and special tokens.
 
     Raises:
-        ValueError: empty prompt, too long a prompt, temperature < 0,
+        TypeError: the prompt, temperature or max_new_tokens has the wrong type.
+        ValueError: empty prompt, too long a prompt, temperature < 0 or NaN,
             max_new_tokens < 0.
 
     Introduced in chapter 1.
     """
     check_temperature(temperature)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise TypeError(
+            "max_new_tokens must be a whole number such as 40, got "
+            f"{max_new_tokens!r}"
+        )
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     ids = encode_prompt(model, tokenizer, prompt, chat=chat, room=max_new_tokens)

@@ -130,8 +130,9 @@ class NextTokenExplorer:
             )
         probs = probs_from_logits(self._logits[key], self.temperature.value)
         pairs = top_tokens(probs, self.tokenizer, self.k)
-        tail = self.prompt.value[-40:]
-        title = f"after “…{tail}”, temperature {self.temperature.value:.1f}"
+        prompt = self.prompt.value
+        tail = prompt if len(prompt) <= 40 else "…" + prompt[-39:]
+        title = f"after “{tail}”, temperature {self.temperature.value:.1f}"
         return plot_token_probs(pairs, title)
 
     def redraw(self) -> None:
@@ -215,8 +216,17 @@ class AttentionExplorer:
         )
 
     def _load(self, text: str, query: int = -1) -> None:
-        """Run the model on `text` and fit the sliders' ranges to its output."""
+        """Run the model on `text` and fit the sliders' ranges to its output.
+
+        Raises:
+            ValueError: the text is empty or gives no tokens; the sliders and the
+                current map are left as they were.
+        """
+        if not text.strip():
+            raise ValueError("the text is empty; type a sentence to look at")
         tokens, maps = self.attention_fn(text)
+        if not tokens or not maps:
+            raise ValueError(f"{text!r} gives no tokens to look at; type a sentence")
         self.tokens, self.maps = tokens, maps
         self.layer.max, self.head.max = len(maps) - 1, maps[0].shape[0] - 1
         self.query.max = len(tokens) - 1
@@ -304,7 +314,7 @@ class ScalingExplorer:
             1, 2, figsize=(11, 4.2), layout="constrained", width_ratios=(1.2, 1)
         )
         scaling = "scaled" if self.scaled.value else "NOT scaled"
-        title = f"Dh={self.head_dim.value}, {scaling}, T°={self.temperature.value:.2g}"
+        title = f"Dh={self.head_dim.value}, {scaling}, temperature {self.temperature.value:.2g}"
         plot_attention(weights, tokens, title, ax=left)
         right.bar(tokens, weights.max(dim=-1).values.tolist(), color="tab:purple")
         right.axhline(1 / self.seq_len, color="grey", ls="--", label="uniform")

@@ -12,6 +12,10 @@ _SMALL = "exp(1), exp(2), exp(3), each divided by their sum: 0.0900, 0.2447, 0.6
 _ROWS = "with the default dim=-1, each row is its own distribution and sums to 1"
 _DIM = "normalise along `dim`: with dim=0 each column sums to 1"
 _LARGE = "subtract the max along `dim` before exp: softmax(x - c) equals softmax(x)"
+_SCALES = (
+    "each row needs its own max: subtract x.amax(dim, keepdim=True), one value per "
+    "row, not one max for the whole tensor"
+)
 _SUMS = (
     "every row of the output is a probability distribution: entries in [0, 1], sum 1"
 )
@@ -21,19 +25,23 @@ def softmax_cases() -> list[Case]:
     """Build the inputs of exercise 0.1, from checkable by hand to numerically hard.
 
     Returns:
-        Five cases: a 1-D vector, a (2, 4) batch, a (2, 3) input with dim=0,
-        logits near 1000 and a random (4, 6) batch.
+        Six cases: a 1-D vector, a (2, 4) batch, a (2, 3) input with dim=0,
+        logits near 1000, two rows on very different scales and a random (4, 6)
+        batch.
 
     Introduced in chapter 0.
     """
     columns = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])  # (2, 3)
     generator = torch.Generator().manual_seed(0)
     random_rows = 3 * torch.randn(4, 6, generator=generator)  # (4, 6)
+    # one max for the whole tensor would push the second row to exp(-2002) = 0
+    scales = torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -999.0, -998.0]])
     specs = [
         ("small vector", torch.tensor([1.0, 2.0, 3.0]), {}, _SMALL),
         ("batch of rows", torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0] * 4]), {}, _ROWS),
         ("non-default dim", columns, {"dim": 0}, _DIM),
         ("large logits", torch.tensor([1000.0, 1001.0, 1002.0]), {}, _LARGE),
+        ("rows on different scales", scales, {}, _SCALES),
         ("rows sum to 1", random_rows, {}, _SUMS),
     ]
     return [
@@ -60,6 +68,11 @@ def diagnose_softmax(case: Case, actual: object) -> str | None:
     if actual.shape != x.shape:
         return "softmax returns a tensor of the same shape as its input x"
     if not torch.isfinite(actual).all():
+        if x.dim() > 1 and _matches(actual, _softmax_global_max(x, dim)):
+            return (
+                "you subtract one max for the whole tensor, so a row far below it "
+                "becomes exp(-2002) = 0 everywhere and 0 / 0 is NaN. " + _SCALES
+            )
         return _nan_hint(x)
     for candidate, hint in _softmax_mistakes(x, dim):
         if _matches(actual, candidate):
@@ -128,10 +141,16 @@ def _softmax_mistakes(x: torch.Tensor, dim: int) -> list[tuple[torch.Tensor, str
     return mistakes
 
 
+def _softmax_global_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """A softmax that subtracts the max of the whole tensor, not of each slice."""
+    shifted = torch.exp(x - x.max())
+    return shifted / shifted.sum(dim=dim, keepdim=True)
+
+
 def _matches(actual: torch.Tensor, candidate: torch.Tensor) -> bool:
     """Whether a wrong output equals a candidate mistake, within a loose tolerance."""
     got, want = actual.detach().cpu().double(), candidate.double()
-    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-6))
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-6, equal_nan=True))
 
 
 SOFTMAX = register(
