@@ -31,7 +31,8 @@ def check_temperature(temperature: float) -> None:
     """
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(
-            f"temperature must be a number such as 0.7, got {type(temperature).__name__}"
+            "temperature must be a number such as 0.7, got "
+            f"{type(temperature).__name__}"
         )
     if not math.isfinite(temperature):
         raise ValueError(f"temperature must be a finite number, got {temperature}")
@@ -222,10 +223,11 @@ def generate(
     Introduced in chapter 1.
     """
     check_temperature(temperature)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+    if isinstance(max_new_tokens, bool) or not isinstance(
+        max_new_tokens, numbers.Integral
+    ):
         raise TypeError(
-            "max_new_tokens must be a whole number such as 40, got "
-            f"{max_new_tokens!r}"
+            f"max_new_tokens must be a whole number such as 40, got {max_new_tokens!r}"
         )
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

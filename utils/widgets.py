@@ -314,7 +314,8 @@ class ScalingExplorer:
             1, 2, figsize=(11, 4.2), layout="constrained", width_ratios=(1.2, 1)
         )
         scaling = "scaled" if self.scaled.value else "NOT scaled"
-        title = f"Dh={self.head_dim.value}, {scaling}, temperature {self.temperature.value:.2g}"
+        temperature = self.temperature.value
+        title = f"Dh={self.head_dim.value}, {scaling}, temperature {temperature:.2g}"
         plot_attention(weights, tokens, title, ax=left)
         right.bar(tokens, weights.max(dim=-1).values.tolist(), color="tab:purple")
         right.axhline(1 / self.seq_len, color="grey", ls="--", label="uniform")
