@@ -22,13 +22,29 @@ from utils.reference.bpe import (
     pair_counts,
     split_text,
 )
+from utils.reference.gpt import (
+    GPT,
+    GPTBlock,
+    GPTConfig,
+    gpt_config_from_hf,
+    load_gpt2_weights,
+)
 from utils.reference.params import ArchConfig, count_parameters
 from utils.reference.positions import apply_rope, rope_cos_sin, sinusoidal_positions
+from utils.reference.sampling import (
+    filter_top_k,
+    filter_top_p,
+    generate,
+    sample_next_token,
+)
 from utils.reference.softmax import softmax
 
 __all__ = [
     "ArchConfig",
     "BPETokenizer",
+    "GPT",
+    "GPTBlock",
+    "GPTConfig",
     "LayerNorm",
     "MLP",
     "MultiHeadAttention",
@@ -38,12 +54,18 @@ __all__ = [
     "causal_mask",
     "count_parameters",
     "encode_with_merges",
+    "filter_top_k",
+    "filter_top_p",
+    "generate",
+    "gpt_config_from_hf",
+    "load_gpt2_weights",
     "merge",
     "most_frequent_pair",
     "padding_mask",
     "pair_counts",
     "repeat_kv",
     "rope_cos_sin",
+    "sample_next_token",
     "scaled_dot_product_attention",
     "sinusoidal_positions",
     "softmax",

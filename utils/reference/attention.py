@@ -180,6 +180,14 @@ class MultiHeadAttention(nn.Module):
     Set `store_weights = True` to keep the last attention weights in `last_weights`,
     (B, H, T, S), for plotting.
 
+    With `fused=True` two shortcuts give the same result faster. Self-attention
+    computes q, k and v with one matmul (while the three projections are plain
+    `nn.Linear`s without hooks), and the heads run through PyTorch's fused
+    `F.scaled_dot_product_attention` (no (T, S) weights kept in memory) when no weights
+    are stored, no explicit mask is given, and a causal call has as many queries as
+    keys. Otherwise, and always with `fused=False` (the default), the step-by-step
+    code runs.
+
     Args:
         d_model: D, the width of the input and the output.
         n_heads: H, the number of query heads; must divide d_model.
@@ -187,6 +195,8 @@ class MultiHeadAttention(nn.Module):
         bias: whether the four projections have biases.
         n_kv_heads: the number of key/value heads; defaults to n_heads and must
             divide it.
+        fused: use PyTorch's fused attention kernel where possible (see above);
+            chapter 5's GPT turns it on for training speed.
 
     Raises:
         ValueError: n_heads does not divide d_model, or n_kv_heads does not divide
@@ -202,6 +212,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         n_kv_heads: int | None = None,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -216,6 +227,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, kv_width, bias=bias)
         self.v_proj = nn.Linear(d_model, kv_width, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.fused = fused  # PyTorch's fused kernel where possible (no weights)
         self.store_weights = False  # set True to keep last_weights for plots
         self.last_weights: torch.Tensor | None = None
 
@@ -275,9 +287,39 @@ class MultiHeadAttention(nn.Module):
                 f"kv {tuple(source.shape)}"
             )
         kv_heads = self.n_kv_heads  # H_kv, equal to H unless grouped-query
-        q = self._split_heads(self.q_proj(x), self.n_heads)  # -> (B, H, T, Dh)
-        k = self._split_heads(self.k_proj(source), kv_heads)  # -> (B, H_kv, S, Dh)
-        v = self._split_heads(self.v_proj(source), kv_heads)  # -> (B, H_kv, S, Dh)
+        if kv is None and self._can_fuse_projections():
+            q, k, v = self._fused_projections(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
+        q = self._split_heads(q, self.n_heads)  # (B, T, D) -> (B, H, T, Dh)
+        k = self._split_heads(k, kv_heads)  # (B, S, H_kv * Dh) -> (B, H_kv, S, Dh)
+        v = self._split_heads(v, kv_heads)  # (B, S, H_kv * Dh) -> (B, H_kv, S, Dh)
+        return q, k, v
+
+    def _can_fuse_projections(self) -> bool:
+        """Whether q, k and v may run as one matmul: fused mode, and all three are
+        plain nn.Linear layers without hooks (a LoRA wrapper or a hook must run)."""
+        if not self.fused:
+            return False
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        return all(
+            type(p) is nn.Linear and not p._forward_hooks and not p._forward_pre_hooks
+            for p in projections
+        )
+
+    def _fused_projections(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v from one (D, D + 2 H_kv Dh) matmul: the numbers of the three
+        separate projections, with less overhead per training step."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])  # (D + 2 H_kv Dh, D)
+        bias = None
+        if self.q_proj.bias is not None:
+            bias = torch.cat([p.bias for p in projections])
+        qkv = F.linear(x, weight, bias)  # (B, T, D) -> (B, T, D + 2 H_kv Dh)
+        widths = [p.out_features for p in projections]
+        q, k, v = qkv.split(widths, dim=-1)  # (B, T, D), 2 x (B, T, H_kv Dh)
         return q, k, v
 
     def attend(
@@ -310,22 +352,47 @@ class MultiHeadAttention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         k = repeat_kv(k, n_rep)  # (B, H_kv, S, Dh) -> (B, H, S, Dh)
         v = repeat_kv(v, n_rep)  # (B, H_kv, S, Dh) -> (B, H, S, Dh)
-        out, weights = scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout,
-            training=self.training,
-            return_weights=self.store_weights,
-        )
-        if self.store_weights:
-            self.last_weights = weights.detach()  # (B, H, T, S)
+        if self._can_fuse(q, k, v, mask, is_causal):
+            # torch's is_causal aligns the mask top-left, ours bottom-right: they
+            # agree only when T == S, which _can_fuse checks
+            dropout_p = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=is_causal
+            )  # (B, H, T, Dh)
+        else:
+            out, weights = scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                mask=mask,
+                is_causal=is_causal,
+                dropout_p=self.dropout,
+                training=self.training,
+                return_weights=self.store_weights,
+            )
+            if self.store_weights:
+                self.last_weights = weights.detach()  # (B, H, T, S)
         batch_size, _, seq_len, _ = q.shape
         out = out.transpose(1, 2)  # (B, H, T, Dh) -> (B, T, H, Dh)
         out = out.reshape(batch_size, seq_len, self.d_model)  # -> (B, T, D)
         return self.out_proj(out)
+
+    def _can_fuse(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> bool:
+        """Whether the fused kernel computes exactly what the hand-written path does."""
+        if not self.fused or self.store_weights or mask is not None:
+            return False
+        if q.shape[:-2] != k.shape[:-2] or q.size(-1) != k.size(-1):
+            return False  # let the hand-written path raise its clear error
+        if v.shape[:-1] != k.shape[:-1]:
+            return False
+        return not is_causal or q.size(-2) == k.size(-2)
 
     def _split_heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         """(B, T, n_heads * Dh) -> (B, n_heads, T, Dh): each head gets its own slice."""
@@ -345,7 +412,8 @@ class MultiHeadAttention(nn.Module):
         kv = (
             f", n_kv_heads={self.n_kv_heads}" if self.n_kv_heads != self.n_heads else ""
         )
-        return f"d_model={self.d_model}, n_heads={self.n_heads}{kv}"
+        fused = ", fused=True" if self.fused else ""
+        return f"d_model={self.d_model}, n_heads={self.n_heads}{kv}{fused}"
 
 
 def _check_head_counts(d_model: int, n_heads: int, n_kv_heads: int) -> None:
