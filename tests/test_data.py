@@ -369,3 +369,49 @@ def test_real_sms_spam_split_sizes(real_data):
     assert counts["val"] == {"ham": 483, "spam": 75}
     assert counts["test"] == {"ham": 965, "spam": 149}
     assert len(data.sms_spam_sample(50)) == 100
+
+
+# --- the character tokenizer ---------------------------------------------------------
+
+
+def test_char_tokenizer_round_trip():
+    tokenizer = data.CharTokenizer.from_text("hello, world\n")
+
+    assert tokenizer.chars == "\n ,dehlorw"
+    assert tokenizer.vocab_size == 10
+    assert tokenizer.encode("hello") == [5, 4, 6, 6, 7]
+    assert tokenizer.decode(tokenizer.encode("low, hello\n")) == "low, hello\n"
+
+
+def test_char_tokenizer_decodes_a_tensor():
+    import torch
+
+    tokenizer = data.CharTokenizer("abc")
+
+    assert tokenizer.decode(torch.tensor([2, 0, 1])) == "cab"
+
+
+def test_char_tokenizer_rejects_bad_input():
+    tokenizer = data.CharTokenizer("abc")
+
+    with pytest.raises(ValueError, match="'z' is not in the vocabulary"):
+        tokenizer.encode("abz")
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        tokenizer.decode([0, 3])
+    with pytest.raises(ValueError, match="each character once"):
+        data.CharTokenizer("abca")
+
+
+@needs_mirror
+def test_real_shakespeare_char_data(real_data):
+    import torch
+
+    tokenizer, train, val = data.shakespeare_char_data()
+    text = data.load_shakespeare()
+
+    assert tokenizer.vocab_size == 65
+    assert tokenizer.chars[:2] == "\n " and len(tokenizer.encode(text)) == len(text)
+    assert (train.numel(), val.numel()) == (1_003_854, 111_540)
+    assert train.dtype == val.dtype == torch.long
+    assert tokenizer.decode(train[:14]) == "First Citizen:"
+    assert tokenizer.decode(val[-10:]) == text[-10:]

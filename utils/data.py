@@ -18,13 +18,17 @@ import urllib.request
 import uuid
 import warnings
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from tqdm.auto import tqdm
 
 from utils.paths import CACHE_ENV, cache_dir
+
+if TYPE_CHECKING:
+    import torch
 
 MIRROR_ENV = "LLM_COURSE_DATA_MIRROR"
 SMS_LABELS = ("ham", "spam")
@@ -273,6 +277,111 @@ def sms_spam_sample(
         sample += rng.sample(of_label, n_per_class)
     rng.shuffle(sample)
     return sample
+
+
+class CharTokenizer:
+    """A character-level tokenizer: one token per distinct character of a text.
+
+    The vocabulary is the sorted set of characters, so ids follow code-point order;
+    for Tiny Shakespeare that is 65 symbols, newline (id 0) and space (id 1) first.
+
+    Args:
+        chars: the vocabulary, every character once, in id order.
+
+    Raises:
+        ValueError: `chars` is empty or repeats a character.
+
+    Introduced in chapter 6.
+    """
+
+    def __init__(self, chars: str) -> None:
+        if not chars or len(set(chars)) != len(chars):
+            raise ValueError(
+                f"chars must list each character once, got {len(chars)} characters "
+                f"with {len(set(chars))} distinct; build it with "
+                "CharTokenizer.from_text(text)"
+            )
+        self.chars = chars
+        self._ids = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        """The tokenizer whose vocabulary is the sorted set of characters of `text`."""
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        """V, the number of distinct tokens."""
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, one per character.
+
+        Raises:
+            ValueError: `text` holds a character outside the vocabulary.
+        """
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError as err:
+            raise ValueError(
+                f"character {err.args[0]!r} is not in the vocabulary of "
+                f"{self.vocab_size} characters; this tokenizer knows only the "
+                "characters of the text it was built from"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of token ids: a list of ints, or a 1-D tensor (T,).
+
+        Raises:
+            ValueError: an id is outside [0, vocab_size).
+        """
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}), got {bad[:5]}; "
+                "were they made by another tokenizer?"
+            )
+        return "".join(self.chars[i] for i in ids)
+
+
+class CharData(NamedTuple):
+    """Tiny Shakespeare as character tokens, split for training.
+
+    Introduced in chapter 6.
+    """
+
+    tokenizer: CharTokenizer
+    train: "torch.Tensor"  # (N_train,) int64 token ids, the first 90 % of the text
+    val: "torch.Tensor"  # (N_val,) int64 token ids, the last 10 %
+
+
+def shakespeare_char_data(val_fraction: float = 0.1) -> CharData:
+    """Tiny Shakespeare encoded one token per character, split as nanoGPT does.
+
+    The vocabulary comes from the whole text; the first `1 - val_fraction` of the
+    token stream is for training and the rest for validation (no shuffling).
+
+    Args:
+        val_fraction: the share of tokens kept for validation, in (0, 1).
+
+    Returns:
+        `CharData(tokenizer, train, val)`; with the default, a 65-symbol tokenizer
+        and 1,003,854 training and 111,540 validation tokens.
+
+    Raises:
+        ValueError: `val_fraction` is not strictly between 0 and 1.
+        DatasetUnavailableError: offline with no local copy (see `fetch`).
+
+    Introduced in chapter 6.
+    """
+    import torch  # here, so that the rest of the module works without torch
+
+    train_text, val_text = shakespeare_splits(val_fraction)
+    tokenizer = CharTokenizer.from_text(train_text + val_text)
+    train = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
+    val = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+    return CharData(tokenizer, train, val)
 
 
 # --- finding a verified copy ---------------------------------------------------------
