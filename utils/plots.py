@@ -224,3 +224,160 @@ def plot_attention_grid(
     fig.colorbar(image, ax=axes, label="attention weight", shrink=0.6)
     fig.suptitle(f"{title} ({len(labels)} tokens; rows: queries, columns: keys)")
     return fig
+
+
+def plot_loss_curves(
+    history: dict[str, list],
+    title: str = "training and validation loss",
+    ax: Axes | None = None,
+) -> Figure:
+    """Loss against step from a `utils.training.train` history.
+
+    Args:
+        history: with "step" and "train_loss" (means over each log interval) and
+            "eval_step", "eval_train_loss" and "val_loss" (the estimates at each
+            evaluation); missing or empty entries are left out.
+        title: the figure's title.
+        ax: draw here instead of on a new figure.
+
+    Introduced in chapter 6.
+    """
+    fig, ax = _axes(ax, (7, 3.6))
+    if history.get("step"):
+        ax.plot(
+            history["step"],
+            history["train_loss"],
+            color="tab:blue",
+            alpha=0.35,
+            lw=1,
+            label="train (mean over each log interval)",
+        )
+    if history.get("eval_step"):
+        for key, color, label in (
+            ("eval_train_loss", "tab:blue", "train (estimate)"),
+            ("val_loss", "tab:orange", "validation (estimate)"),
+        ):
+            ax.plot(history["eval_step"], history[key], "o-", color=color, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right")
+    return fig
+
+
+class LiveLossPlot:
+    """A loss curve that each `update` redraws in place, as training runs.
+
+    Like `utils.widgets.LiveFigure`, the figure is one notebook output that later
+    draws replace, so the stored notebook keeps the last curve. Outside a Jupyter
+    kernel (a script, pytest) `update` only draws into `self.figure`.
+
+    Introduced in chapter 6.
+    """
+
+    def __init__(self, title: str = "training and validation loss") -> None:
+        self.title = title
+        self.figure: Figure | None = None
+        self._handle = None
+
+    def update(self, history: dict[str, list]) -> None:
+        """Draw the curves of `history` and replace the displayed figure."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if self.figure is not None:
+            plt.close(self.figure)
+        self.figure = plot_loss_curves(history, self.title)
+        if getattr(get_ipython(), "kernel", None) is None:
+            return  # no front end to show it in
+        if self._handle is None:
+            self._handle = display(self.figure, display_id=True)
+        else:
+            self._handle.update(self.figure)
+        plt.close(self.figure)  # the inline backend would otherwise show it again
+
+
+def plot_lines(
+    series: dict[str, Sequence[float]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ax: Axes | None = None,
+    log: bool = False,
+) -> Figure:
+    """One line per named series, drawn against 0, 1, 2, ... (layers, steps, ...).
+
+    Args:
+        series: line label -> values.
+        title: the figure's title.
+        xlabel: what the positions 0, 1, 2, ... count.
+        ylabel: what the values measure.
+        ax: draw here instead of on a new figure.
+        log: use a logarithmic y axis.
+
+    Introduced in chapter 5.
+    """
+    fig, ax = _axes(ax, (7, 3.6))
+    for label, values in series.items():
+        ax.plot(range(len(values)), list(values), "o-", markersize=3, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return fig
+
+
+def plot_filtered_probs(
+    labels: Sequence[str],
+    before: torch.Tensor,
+    after: torch.Tensor,
+    title: str,
+    ax: Axes | None = None,
+) -> Figure:
+    """A next-token distribution before and after temperature or filtering.
+
+    Grey bars show the probabilities as they were, blue bars the reshaped ones,
+    labelled with their values; tokens a filter removed (probability 0) get a cross.
+
+    Args:
+        labels: V token texts, one per bar.
+        before: (V,) probabilities, e.g. softmax(logits).
+        after: (V,) probabilities after temperature, top-k or top-p.
+        title: the figure's title.
+        ax: draw here instead of on a new figure.
+
+    Raises:
+        ValueError: `before`, `after` and `labels` differ in length.
+
+    Introduced in chapter 5.
+    """
+    before = torch.as_tensor(before).detach().flatten().cpu().float()
+    after = torch.as_tensor(after).detach().flatten().cpu().float()
+    if not len(labels) == before.numel() == after.numel():
+        raise ValueError(
+            f"need one label per probability: got {len(labels)} labels, "
+            f"{before.numel()} probabilities before and {after.numel()} after"
+        )
+    fig, ax = _axes(ax, (1.5 + 0.7 * len(labels), 3.6))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, before.tolist(), 0.4, color="lightgrey", label="before")
+    bars = ax.bar(x + 0.2, after.tolist(), 0.4, color="tab:blue", label="after")
+    shown = [f"{p:.2f}" if p > 0 else "" for p in after.tolist()]
+    ax.bar_label(bars, labels=shown, padding=2, fontsize=8)
+    removed = x[(after == 0).numpy()]
+    if len(removed):
+        ax.plot(
+            removed + 0.2, [0.03] * len(removed), "x", color="tab:red", label="removed"
+        )
+    ax.set_xticks(x, [show_token(t) for t in labels], rotation=45, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("token")
+    ax.set_ylabel("probability")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig

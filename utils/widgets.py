@@ -6,6 +6,7 @@ widget updates), so a stored notebook shows the initial state on GitHub and in
 nbconvert output, where no widget front end runs.
 """
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
@@ -17,8 +18,19 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from utils.models import attention_maps
-from utils.plots import plot_attention, plot_token_probs, show_token
-from utils.prompting import next_token_logits, probs_from_logits, top_tokens
+from utils.plots import (
+    plot_attention,
+    plot_filtered_probs,
+    plot_token_probs,
+    show_token,
+)
+from utils.prompting import (
+    check_temperature,
+    next_token_logits,
+    probs_from_logits,
+    top_tokens,
+)
+from utils.reference.sampling import filter_top_k, filter_top_p
 
 # text -> (T token strings, L attention tensors each (H, T, T))
 AttentionFn = Callable[[str], tuple[list[str], Sequence[torch.Tensor]]]
@@ -334,3 +346,163 @@ class ScalingExplorer:
         """Display the controls, then the figure."""
         display(self.controls)
         self.redraw()
+
+
+def sampling_probs(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution that `sample_next_token` draws from, for plotting.
+
+    The same steps in the same order: divide by the temperature, keep the top k,
+    keep the top-p nucleus, softmax. Temperature 0 puts all mass on the argmax.
+
+    Args:
+        logits: (..., V) next-token scores.
+        temperature: >= 0; 0 means greedy.
+        top_k: keep only the k most likely tokens; None keeps all.
+        top_p: keep only the nucleus of mass p, in (0, 1]; None keeps all.
+
+    Returns:
+        (..., V) probabilities, exactly 0 for the tokens that were filtered out.
+
+    Raises:
+        TypeError: temperature is not a number.
+        ValueError: temperature < 0, or top_k / top_p out of range.
+
+    Introduced in chapter 5.
+    """
+    check_temperature(temperature)
+    if temperature == 0:
+        return probs_from_logits(logits, 0.0)  # one-hot on the argmax
+    scaled = logits / temperature
+    if top_k is not None:
+        scaled = filter_top_k(scaled, top_k)
+    if top_p is not None:
+        scaled = filter_top_p(scaled, top_p)
+    return torch.softmax(scaled.float(), dim=-1)
+
+
+class SamplingExplorer:
+    """Move temperature, top-k and top-p: see how each reshapes a distribution.
+
+    Grey bars: the probabilities at temperature 1 without filters; blue bars: the
+    distribution that sampling draws from with the current settings (see
+    `sampling_probs`). A top-k of V and a top-p of 1 switch those filters off.
+
+    Args:
+        logits: (V,) next-token scores, e.g. a hand-made example or a model's output.
+        labels: V token texts, one per logit.
+        temperature: the start value, in [0, 3].
+        top_k: the start value, in [1, V]; None starts at V (off).
+        top_p: the start value, in (0, 1]; None starts at 1 (off).
+
+    Raises:
+        ValueError: logits are not a finite 1-D tensor of at least 2 values, the
+            labels do not match them, or a start value is out of range.
+
+    Introduced in chapter 5.
+    """
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        labels: Sequence[str],
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> None:
+        self.logits = _check_logits(logits, labels)
+        self.labels = [str(label) for label in labels]
+        vocab_size = len(self.labels)
+        top_k = vocab_size if top_k is None else top_k
+        top_p = 1.0 if top_p is None else top_p
+        _check_sampling_start(temperature, top_k, top_p, vocab_size)
+        self.temperature = widgets.FloatSlider(
+            value=temperature, min=0.0, max=3.0, step=0.05, description="temperature"
+        )
+        self.top_k = widgets.IntSlider(
+            value=top_k, min=1, max=vocab_size, description="top-k"
+        )
+        self.top_p = widgets.FloatSlider(
+            value=top_p, min=0.01, max=1.0, step=0.01, description="top-p"
+        )
+        for control in (self.temperature, self.top_k, self.top_p):
+            control.observe(lambda _: self.redraw(), names="value")
+        self.controls = widgets.HBox([self.temperature, self.top_k, self.top_p])
+        self.live = LiveFigure()
+
+    def probs(self) -> torch.Tensor:
+        """(V,) the distribution sampling draws from with the current settings."""
+        return sampling_probs(
+            self.logits, self.temperature.value, self.top_k.value, self.top_p.value
+        )
+
+    def draw(self) -> Figure:
+        """Bars before and after, with the settings and the number kept in the title."""
+        after = self.probs()
+        kept = int((after > 0).sum())
+        title = (
+            f"temperature {self.temperature.value:.2f}, top-k {self.top_k.value}, "
+            f"top-p {self.top_p.value:.2f}: {kept} of {len(self.labels)} tokens kept"
+        )
+        before = torch.softmax(self.logits, dim=-1)
+        return plot_filtered_probs(self.labels, before, after, title)
+
+    def redraw(self) -> None:
+        """Draw again for the current controls."""
+        self.live.show(self.draw())
+
+    def show(self) -> None:
+        """Display the controls, then the figure."""
+        display(self.controls)
+        self.redraw()
+
+
+def _check_logits(logits: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+    """The logits as a float CPU tensor, or a ValueError saying what is wrong."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 1 or len(logits) < 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+        raise ValueError(
+            f"logits must be a 1-D tensor (V,) with V >= 2, got "
+            f"{shape or type(logits).__name__}; for model output (B, T, V) pass "
+            "logits[0, -1]"
+        )
+    logits = logits.detach().float().cpu()
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits must be finite; pass the scores before any filter")
+    if isinstance(labels, str) or len(labels) != len(logits):
+        raise ValueError(
+            f"need one label per logit: {len(logits)} logits, but labels is "
+            f"{labels!r}; pass a list of {len(logits)} strings"
+        )
+    return logits
+
+
+def _check_sampling_start(
+    temperature: float, top_k: int, top_p: float, vocab_size: int
+) -> None:
+    """Raise a ValueError unless the start values fit the sliders."""
+    if not _is_number(temperature) or not 0.0 <= temperature <= 3.0:
+        raise ValueError(
+            f"temperature must be a number in [0, 3] (the slider's range), got "
+            f"{temperature!r}; 0 means greedy decoding"
+        )
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise ValueError(f"top_k must be a whole number or None, got {top_k!r}")
+    if not 1 <= top_k <= vocab_size:
+        raise ValueError(
+            f"top_k must be in [1, {vocab_size}] (the number of tokens), got {top_k}; "
+            "None switches it off"
+        )
+    if not _is_number(top_p) or not 0.0 < top_p <= 1.0:
+        raise ValueError(
+            f"top_p must be a number in (0, 1], got {top_p!r}; None or 1.0 switches "
+            "it off"
+        )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

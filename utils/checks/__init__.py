@@ -7,7 +7,7 @@ per chapter (`ch00`, `ch01`, ...) registers that chapter's exercises in `EXERCIS
 it is imported below.
 """
 
-from utils.checks import ch00, ch01, ch02, ch03, ch04
+from utils.checks import ch00, ch01, ch02, ch03, ch04, ch05
 from utils.checks.core import EXERCISES, Case, Exercise, check_exercise, register
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "ch02",
     "ch03",
     "ch04",
+    "ch05",
     "register",
 ]
