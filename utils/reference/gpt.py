@@ -9,6 +9,11 @@ Token ids go in, next-token logits come out:
 The layout follows GPT-2 exactly (LayerNorm with eps 1e-5, biases everywhere, a 4x MLP
 with tanh-GELU, a learned position table, the output head sharing the token embedding),
 so `load_gpt2_weights` can copy a `transformers` GPT-2 into it and reproduce its logits.
+
+One switch departs from GPT-2: `positions="rope"` drops the position table and rotates
+each block's queries and keys instead (chapter 2's rotary embedding, as in LLaMA and
+SmolLM2). Chapter 6 trains with it, because a small model learns faster when relative
+positions are built in than when it has to learn a table.
 """
 
 import math
@@ -22,10 +27,12 @@ from torch import nn
 from utils.reference.attention import MultiHeadAttention
 from utils.reference.block import ACTIVATIONS, MLP, LayerNorm
 from utils.reference.params import ArchConfig
+from utils.reference.positions import apply_rope, rope_cos_sin
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the loss (torch and HF)
 INIT_STD = 0.02  # GPT-2's standard deviation for every weight matrix and embedding
 _ID_DTYPES = (torch.int64, torch.int32)
+POSITION_KINDS = ("learned", "rope")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,10 @@ class GPTConfig:
     # differs by < 1e-3 and runs about twice as fast on a CPU, which helps training
     activation: str = "gelu"
     fused: bool = True  # PyTorch's fused attention and LayerNorm kernels (faster)
+    # "learned": GPT-2's table of position vectors, added to the token vectors;
+    # "rope": no table, queries and keys are rotated by their positions (chapter 2)
+    positions: str = "learned"
+    rope_theta: float = 10000.0  # RoPE's frequency base (only with positions="rope")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
@@ -65,6 +76,17 @@ class GPTConfig:
             raise ValueError(
                 f"dropout must be in [0, 1), got {self.dropout}; use 0.0 to switch "
                 "it off"
+            )
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(
+                f"unknown positions {self.positions!r}; choose 'learned' (GPT-2's "
+                "table) or 'rope' (rotary, chapter 2)"
+            )
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"positions='rope' needs an even head_dim, got d_model={self.d_model} "
+                f"/ n_heads={self.n_heads} = {self.head_dim}; RoPE turns channels in "
+                "pairs"
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(
@@ -86,8 +108,8 @@ class GPTConfig:
         """The same architecture as chapter 1's `ArchConfig`, for counting parameters.
 
         Returns:
-            An `ArchConfig` with learned positions, a GELU MLP, LayerNorm and a tied
-            head without bias.
+            An `ArchConfig` with this config's positions, a GELU MLP, LayerNorm and
+            a tied head without bias.
 
         Introduced in chapter 5.
         """
@@ -99,7 +121,7 @@ class GPTConfig:
             n_kv_heads=self.n_heads,
             d_ff=self.d_ff,
             max_seq_len=self.context_length,
-            positions="learned",
+            positions=self.positions,
             mlp="gelu",  # any one-matrix activation counts the same
             norm="layernorm",
             bias=self.bias,
@@ -140,20 +162,35 @@ class GPTBlock(nn.Module):
             bias=bias,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Add the causal attention branch, then the MLP branch, to the stream.
 
         Args:
             x: the residual stream, (B, T, D).
+            rope: `(cos, sin)`, each (T, Dh), to rotate queries and keys by their
+                positions; None for a model with a learned position table.
 
         Returns:
             (B, T, D).
 
         Introduced in chapter 5.
         """
-        x = x + self.resid_dropout(self.attn(self.norm1(x), is_causal=True))
+        x = x + self.resid_dropout(self._attention(self.norm1(x), rope))
         x = x + self.mlp(self.norm2(x))
         return x
+
+    def _attention(
+        self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Causal self-attention of the normalised stream h, (B, T, D) -> (B, T, D)."""
+        if rope is None:
+            return self.attn(h, is_causal=True)
+        q, k, v = self.attn.project(h)  # (B, H, T, Dh) each
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # turn by position
+        return self.attn.attend(q, k, v, is_causal=True)
 
 
 class GPT(nn.Module):
@@ -181,7 +218,15 @@ class GPT(nn.Module):
         self.config = config
         d_model, vocab_size = config.d_model, config.vocab_size
         self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(config.context_length, d_model)
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(config.context_length, d_model)
+        else:  # rotary: fixed angles, kept out of the state dict
+            self.pos_emb = None
+            cos, sin = rope_cos_sin(
+                config.context_length, config.head_dim, theta=config.rope_theta
+            )  # (context_length, Dh) each
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layers))
         self.norm_f = LayerNorm(d_model, bias=config.bias, fused=config.fused)
@@ -239,13 +284,19 @@ class GPT(nn.Module):
         self._check_ids(idx)
         seq_len = idx.size(1)
 
-        # 1) what each token is plus where it is; rows 0..T-1 of the position table
-        x = self.tok_emb(idx) + self.pos_emb.weight[:seq_len]  # (B, T, D)
+        # 1) what each token is plus where it is: rows 0..T-1 of the position table,
+        # or, with RoPE, the angles that rotate queries and keys in every block
+        x = self.tok_emb(idx)  # (B, T, D)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[:seq_len]  # (B, T, D) + (T, D)
+        else:
+            rope = (self.rope_cos[:seq_len], self.rope_sin[:seq_len])  # (T, Dh) each
         x = self.drop(x)
 
         # 2) the blocks: causal attention mixes positions, the MLP transforms each
         for block in self.blocks:
-            x = block(x)  # (B, T, D)
+            x = block(x, rope)  # (B, T, D)
 
         # 3) a last LayerNorm, then score every token with the tied head
         logits = self.lm_head(self.norm_f(x))  # (B, T, D) -> (B, T, V)
@@ -274,7 +325,9 @@ class GPT(nn.Module):
         """
         total = sum(p.numel() for p in self.parameters())  # shared ones come once
         if exclude_embeddings:
-            total -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+            total -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                total -= self.pos_emb.weight.numel()
         return total
 
     @classmethod
