@@ -439,6 +439,16 @@ def test_rope_gpt_trains(rope_config: GPTConfig) -> None:
     assert loss.item() < 0.1
 
 
+def test_rotate_equals_apply_rope() -> None:
+    from utils.reference.gpt import rotate
+    from utils.reference.positions import apply_rope, rope_cos_sin
+
+    cos, sin = rope_cos_sin(T, 16)
+    signed_sin = torch.cat((-sin[:, :8], sin[:, 8:]), dim=-1)
+    x = torch.randn(2, H, T, 16)
+    torch.testing.assert_close(rotate(x, cos, signed_sin), apply_rope(x, cos, sin))
+
+
 def test_load_gpt2_weights_rejects_rope_model() -> None:
     hf = _hf_gpt2()
     ours = GPT(GPTConfig(**_sizes(hf), positions="rope"))
