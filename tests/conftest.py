@@ -105,3 +105,31 @@ def minilm():
     from utils.models import load_minilm
 
     return load_minilm(attn_weights=True)
+
+
+class FakeHandle:
+    """Stands in for the DisplayHandle that `display(..., display_id=True)` returns."""
+
+    def __init__(self) -> None:
+        self.updates = []
+
+    def update(self, obj) -> None:
+        self.updates.append(obj)
+
+
+@pytest.fixture
+def displayed(monkeypatch) -> list:
+    """Record what `utils.widgets` passes to `display`; each call gets a FakeHandle."""
+    import matplotlib.pyplot as plt
+
+    import utils.widgets as uw
+
+    calls = []
+
+    def fake_display(obj, **kwargs):
+        calls.append((obj, kwargs, FakeHandle()))
+        return calls[-1][2]
+
+    monkeypatch.setattr(uw, "display", fake_display)
+    yield calls
+    plt.close("all")

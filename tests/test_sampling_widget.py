@@ -6,37 +6,12 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-import utils.widgets as uw
 from utils.plots import plot_filtered_probs, plot_lines
 from utils.reference.sampling import sample_next_token
 from utils.widgets import SamplingExplorer, sampling_probs
 
 LABELS = ["mat", "sofa", "floor", "bed", "roof", "moon"]
 LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, -0.5, -2.0])  # (V,) with V = 6
-
-
-class FakeHandle:
-    """Stands in for the DisplayHandle that `display(..., display_id=True)` returns."""
-
-    def __init__(self) -> None:
-        self.updates = []
-
-    def update(self, obj) -> None:
-        self.updates.append(obj)
-
-
-@pytest.fixture
-def displayed(monkeypatch) -> list:
-    """Record what the widget passes to `display`; each call gets a FakeHandle."""
-    calls = []
-
-    def fake_display(obj, **kwargs):
-        calls.append((obj, kwargs, FakeHandle()))
-        return calls[-1][2]
-
-    monkeypatch.setattr(uw, "display", fake_display)
-    yield calls
-    plt.close("all")
 
 
 def _kept(probs: torch.Tensor) -> list[int]:

@@ -15,30 +15,6 @@ from utils.widgets import (
 )
 
 
-class FakeHandle:
-    """Stands in for the DisplayHandle that `display(..., display_id=True)` returns."""
-
-    def __init__(self) -> None:
-        self.updates = []
-
-    def update(self, obj) -> None:
-        self.updates.append(obj)
-
-
-@pytest.fixture
-def displayed(monkeypatch) -> list:
-    """Record what the widgets pass to `display`; each call gets a FakeHandle."""
-    calls = []
-
-    def fake_display(obj, **kwargs):
-        calls.append((obj, kwargs, FakeHandle()))
-        return calls[-1][2]
-
-    monkeypatch.setattr(uw, "display", fake_display)
-    yield calls
-    plt.close("all")
-
-
 @pytest.fixture
 def model_calls(monkeypatch) -> list:
     """Count the explorer's model runs by wrapping `next_token_logits`."""
