@@ -381,3 +381,32 @@ def plot_filtered_probs(
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+def plot_lr_schedule(
+    lrs: Sequence[float],
+    warmup_steps: int,
+    title: str = "learning-rate schedule",
+    ax: Axes | None = None,
+) -> Figure:
+    """The learning rate of every step, with the end of warm-up marked.
+
+    Args:
+        lrs: the rate of step 0, 1, 2, ...
+        warmup_steps: where warm-up ends; a dotted line marks it (none for 0).
+        title: the figure's title.
+        ax: draw here instead of on a new figure.
+
+    Introduced in chapter 6.
+    """
+    fig, ax = _axes(ax, (7, 3.2))
+    ax.plot(range(len(lrs)), list(lrs), color="tab:blue", label="learning rate")
+    if 0 < warmup_steps < len(lrs):
+        ax.axvline(warmup_steps, color="grey", ls=":", label="end of warm-up")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return fig

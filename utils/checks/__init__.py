@@ -7,7 +7,7 @@ per chapter (`ch00`, `ch01`, ...) registers that chapter's exercises in `EXERCIS
 it is imported below.
 """
 
-from utils.checks import ch00, ch01, ch02, ch03, ch04, ch05
+from utils.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
 from utils.checks.core import EXERCISES, Case, Exercise, check_exercise, register
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "ch03",
     "ch04",
     "ch05",
+    "ch06",
     "register",
 ]
