@@ -157,7 +157,7 @@ def test_check_ch05_stub_not_attempted(
         (
             "no_temperature",
             "check 3/7 (a batch of 2, temperature 2)",
-            "ignore the temp",
+            "do not follow the temp",
         ),
         ("axis_0", "check 1/7 (greedy)", "along the time axis"),
         ("new_only", "check 1/7 (greedy)", "not the new ids alone"),

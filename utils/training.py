@@ -153,8 +153,8 @@ def _check_schedule(
     _check_whole(total_steps, "total_steps", minimum=1)
     if warmup_steps > total_steps:
         raise ValueError(
-            f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}; the "
-            "warm-up must end before the run does"
+            f"warmup_steps={warmup_steps} exceeds total_steps={total_steps} "
+            "(TrainConfig's max_steps); the warm-up must end before the run does"
         )
     if not 0 <= min_lr <= max_lr:
         raise ValueError(
@@ -980,5 +980,5 @@ def _check_tokens(tokens: Any, min_len: int, name: str) -> None:
     if tokens.dim() != 1 or tokens.numel() < min_len:
         raise ValueError(
             f"{name} must be a 1-D stream of at least {min_len} ids, got shape "
-            f"{tuple(tokens.shape)}; for windows of T tokens the stream needs T + 1"
+            f"{tuple(tokens.shape)}"
         )

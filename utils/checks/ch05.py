@@ -309,8 +309,8 @@ _GENERATION_MISTAKES = [
     ),
     (
         "no_temperature",
-        "your draws ignore the temperature ({t}): divide the logits by it before "
-        "the softmax",
+        "your draws do not follow the temperature ({t}): divide the logits by it "
+        "before the softmax, not the probabilities after it",
     ),
     (
         "multiply",

@@ -36,7 +36,7 @@ _DECAY = (
     "warmup_steps) / (total_steps - warmup_steps) goes from 0 to 1, and the rate is "
     "min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)"
 )
-_FLOOR = "from total_steps on the rate stays at min_lr"
+_FLOOR = "at step >= total_steps the rate is min_lr"
 
 # (name, step, (max_lr, min_lr, warmup_steps, total_steps), hint)
 _SCHEDULE = (1e-3, 1e-4, 10, 100)
@@ -243,8 +243,8 @@ _LR_MISTAKES = [
     ),
     (
         "warmup_wins",
-        f"when warmup_steps == total_steps, {_FLOOR} at step total_steps, even "
-        "though the warm-up rule also applies: test step >= total_steps first",
+        f"when warmup_steps == total_steps, {_FLOOR}, even where the warm-up "
+        "rule also applies: test step >= total_steps first",
     ),
     (
         "no_floor",
