@@ -162,7 +162,9 @@ def test_check_exercise_wraps_learner_exception() -> None:
         check_exercise("0.1", broken)
     assert "check 1/6 (small vector)" in str(info.value)
     assert "ValueError: boom" in str(info.value)
-    assert isinstance(info.value.__cause__, ValueError)
+    assert 'raise ValueError("boom")' in str(info.value)  # the line that raised
+    assert isinstance(info.value.learner_error, ValueError)
+    assert info.value.__cause__ is None  # the report, not torch's traceback
 
 
 def test_check_exercise_late_not_implemented_is_failure() -> None:

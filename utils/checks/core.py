@@ -4,6 +4,7 @@ Each chapter's module (`ch00`, `ch01`, ...) describes its exercises as `Exercise
 adds them with `register`; notebooks call `check_exercise("0.1", softmax)`.
 """
 
+import linecache
 import math
 import numbers
 import textwrap
@@ -151,8 +152,10 @@ def check_exercise(exercise_id: str, fn: Callable[..., Any]) -> None:
         fn: the learner's function, passed itself (not called).
 
     Raises:
-        AssertionError: a wrong answer, or an exception raised by `fn` (chained); the
-            message names the first failing case and gives a hint.
+        AssertionError: a wrong answer, or an exception raised by `fn`; the message
+            names the first failing case, the line of `fn` that raised (if any) and
+            gives a hint. The learner's exception is kept in `learner_error` rather
+            than chained, so the notebook shows the report, not torch's internals.
         ValueError: `exercise_id` is unknown; the message lists the known ids.
         TypeError: `fn` is not callable.
 
@@ -173,7 +176,9 @@ def check_exercise(exercise_id: str, fn: Callable[..., Any]) -> None:
             if number == 1 and isinstance(err, NotImplementedError):
                 print(f"Exercise {exercise.id}: not attempted yet")
                 return None
-            raise AssertionError(_error_report(exercise, fn, case, where, err)) from err
+            failure = AssertionError(_error_report(exercise, fn, case, where, err))
+            failure.learner_error = err
+            raise failure from None
         problem = exercise.compare(case.expected, actual)
         if problem is not None:
             report = _wrong_report(exercise, fn, case, where, actual, problem)
@@ -334,10 +339,31 @@ def _error_report(
     if hint is None and isinstance(err, TypeError) and "argument" in str(err):
         hint = "keep the signature of the exercise's stub (names and defaults)"
     name = getattr(fn, "__name__", "your function")
+    line = _raising_line(fn, err)
     lines = [
         f"Exercise {exercise.id} failed {where}: {name} raised {type(err).__name__}.",
         _field("call", _call_text(fn, case)),
         _field("error", f"{type(err).__name__}: {err}"),
-        _field("hint", hint or "the traceback above shows the line that raised it"),
     ]
+    if line:
+        lines.append(_field("at", line))
+    lines.append(_field("hint", hint or "read the error and the line that raised it"))
     return "\n".join(lines)
+
+
+def _raising_line(fn: Callable[..., Any], err: Exception) -> str | None:
+    """`line 7: scores = q @ k`, the last line of fn's own file in err's traceback."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    found = None
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == code.co_filename:
+            found = tb
+        tb = tb.tb_next
+    if found is None:
+        return None
+    number = found.tb_lineno
+    source = linecache.getline(code.co_filename, number, found.tb_frame.f_globals)
+    return f"line {number}: {source.strip()}" if source.strip() else f"line {number}"
