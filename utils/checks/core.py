@@ -68,7 +68,12 @@ def compare_tensors(
     broken = ~torch.isfinite(got) & torch.isfinite(want)
     if broken.any():
         n_broken = int(broken.sum())
-        return f"the output has NaN or inf at {n_broken} of {got.numel()} positions"
+        first = tuple(int(i) for i in broken.nonzero()[0])
+        return (
+            f"the output has NaN or inf at {n_broken} of {got.numel()} positions "
+            f"where a finite value is expected; first at index {first}: expected "
+            f"{_format_scalar(want[first].item())}, got {got[first].item()}"
+        )
     close = torch.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
     return _first_difference(want, got, close)
 
@@ -202,6 +207,8 @@ def format_value(value: Any) -> str:
         return _format_tensor(value.detach().cpu())
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"  # same digits for expected and got: 2.98776, 0.00055
     if isinstance(value, tuple):
         return "(" + ", ".join(format_value(item) for item in value) + ")"
     if isinstance(value, torch.nn.Module):
