@@ -133,3 +133,12 @@ def displayed(monkeypatch) -> list:
     monkeypatch.setattr(uw, "display", fake_display)
     yield calls
     plt.close("all")
+
+
+def failure_message(exercise_id: str, answer) -> str:
+    """The message of the AssertionError that checking `answer` raises, unwrapped."""
+    from utils.checks import check_exercise
+
+    with pytest.raises(AssertionError) as info:
+        check_exercise(exercise_id, answer)
+    return " ".join(str(info.value).split())  # undo the line wrapping

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import failure_message
 from torch import nn
 
 import utils.checks.ch03  # noqa: F401  (registers 3.1)
@@ -176,13 +177,6 @@ def _stub_attention(q, k, v, mask=None):
     raise NotImplementedError("Exercise 3.1")
 
 
-def _failure(exercise_id: str, answer: Callable) -> str:
-    """The message of the AssertionError that checking `answer` raises, unwrapped."""
-    with pytest.raises(AssertionError) as info:
-        check_exercise(exercise_id, answer)
-    return " ".join(str(info.value).split())  # undo the line wrapping
-
-
 # --- the checkers' outcomes
 
 
@@ -244,13 +238,13 @@ def test_check_ch03_ch04_stub_not_attempted(
 def test_attention_check_rejects_wrong_answer(
     mistake: str, case: str, keyword: str
 ) -> None:
-    message = _failure("3.1", _attention(mistake))
+    message = failure_message("3.1", _attention(mistake))
     assert f"Exercise 3.1 failed {case}" in message
     assert keyword in message
 
 
 def test_attention_check_shows_values_by_hand() -> None:
-    message = _failure("3.1", _attention("no_scale"))
+    message = failure_message("3.1", _attention("no_scale"))
     assert "tensor([[0.8668, 0.1173, 0.0159]])" in message
     assert "output: 3 of 4 values differ; first at index (0, 0)" in message
 
@@ -261,7 +255,7 @@ def test_attention_check_catches_padding_on_queries() -> None:
             mask = mask.transpose(-2, -1)
         return _attention()(q, k, v, mask)
 
-    message = _failure("3.1", queries_masked)
+    message = failure_message("3.1", queries_masked)
     assert "check 4/6 (padding mask)" in message
     assert "wrong axis" in message
 
@@ -279,7 +273,7 @@ def test_attention_check_explains_errors(line: str, keyword: str) -> None:
         weights = torch.softmax(q @ keys_t / math.sqrt(q.size(-1)), dim=-1)
         return weights @ v, weights
 
-    message = _failure("3.1", broken)
+    message = failure_message("3.1", broken)
     assert keyword in message
 
 
@@ -295,7 +289,7 @@ def test_attention_check_explains_errors(line: str, keyword: str) -> None:
     ],
 )
 def test_mha_check_rejects_wrong_answer(mistake: str, case: str, keyword: str) -> None:
-    message = _failure("4.1", _with(_LearnerMHA, mistake))
+    message = failure_message("4.1", _with(_LearnerMHA, mistake))
     assert f"Exercise 4.1 failed {case}" in message
     assert keyword in message
 
@@ -312,7 +306,7 @@ def test_mha_check_rejects_wrong_answer(mistake: str, case: str, keyword: str) -
     ],
 )
 def test_mha_check_explains_setup_problems(answer: type, keywords: list[str]) -> None:
-    message = _failure("4.1", answer)
+    message = failure_message("4.1", answer)
     assert "check 1/5 (one head)" in message
     for keyword in keywords:
         assert keyword in message
@@ -331,13 +325,13 @@ def test_mha_check_explains_setup_problems(answer: type, keywords: list[str]) ->
 def test_block_check_rejects_wrong_answer(
     mistake: str, case: str, keyword: str
 ) -> None:
-    message = _failure("4.2", _with(_LearnerBlock, mistake))
+    message = failure_message("4.2", _with(_LearnerBlock, mistake))
     assert f"Exercise 4.2 failed {case}" in message
     assert keyword in message
 
 
 def test_block_check_names_expected_submodules() -> None:
-    message = _failure("4.2", _MisnamedBlock)
+    message = failure_message("4.2", _MisnamedBlock)
     assert "missing mlp.up.weight" in message
     assert "unexpected mlp.0.weight" in message
     assert "norm1, attn, norm2 and mlp" in message

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import failure_message
 
 import utils.checks.ch05  # noqa: F401  (registers 5.1 and 5.2)
 from utils.checks import EXERCISES, check_exercise
@@ -107,13 +108,6 @@ def _stub_top_p(logits, p):
     raise NotImplementedError("Exercise 5.2")
 
 
-def _failure(exercise_id: str, answer: Callable) -> str:
-    """The message of the AssertionError that checking `answer` raises, unwrapped."""
-    with pytest.raises(AssertionError) as info:
-        check_exercise(exercise_id, answer)
-    return " ".join(str(info.value).split())  # undo the line wrapping
-
-
 # --- the checkers' outcomes
 
 
@@ -167,7 +161,7 @@ def test_check_ch05_stub_not_attempted(
 def test_generation_check_rejects_wrong_answer(
     mistake: str, case: str, keyword: str
 ) -> None:
-    message = _failure("5.1", _generate(mistake))
+    message = failure_message("5.1", _generate(mistake))
     assert f"Exercise 5.1 failed {case}" in message
     assert keyword in message
 
@@ -177,7 +171,7 @@ def test_generation_check_explains_a_tuple_output() -> None:
         logits = model(idx)[:, -1, :]  # the model returns (logits, loss)
         return torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
 
-    message = _failure("5.1", no_unpacking)
+    message = failure_message("5.1", no_unpacking)
     assert "raised TypeError" in message and "logits, _ = model(idx)" in message
 
 
@@ -237,7 +231,7 @@ def test_seeded_generator_repeats_and_shows_its_seed() -> None:
 def test_top_p_check_rejects_wrong_answer(
     mistake: str, case: str, keyword: str
 ) -> None:
-    message = _failure("5.2", _top_p(mistake))
+    message = failure_message("5.2", _top_p(mistake))
     assert f"Exercise 5.2 failed {case}" in message
     assert keyword in message
 
@@ -247,7 +241,7 @@ def test_top_p_check_says_a_row_lost_every_token() -> None:
         out = _top_p("strictly_below")(logits, p)
         return out if p != 0.75 else filter_top_p(logits, p)  # pass check 1 only
 
-    message = _failure("5.2", empty_rows)
+    message = failure_message("5.2", empty_rows)
     assert "check 2/6 (the top token alone exceeds p)" in message
     assert "a row has no token left" in message
 
@@ -269,6 +263,6 @@ def test_generation_check_rejects_float_ids() -> None:
     def as_floats(model, idx, max_new_tokens, temperature=1.0, top_k=None, **_):
         return _generate()(model, idx, max_new_tokens, temperature, top_k).float()
 
-    message = _failure("5.1", as_floats)
+    message = failure_message("5.1", as_floats)
     assert "check 1/7 (greedy)" in message and "got dtype torch.float32" in message
     assert "keep the ids integers" in message

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import failure_message
 
 import utils.checks.ch06  # noqa: F401  (registers 6.1 and 6.2)
 from utils.checks import EXERCISES, check_exercise
@@ -111,13 +112,6 @@ def _stub_loss(model, tokens, context_length, batch_size=64):
     raise NotImplementedError("Exercise 6.2")
 
 
-def _failure(exercise_id: str, answer: Callable) -> str:
-    """The message of the AssertionError that checking `answer` raises, unwrapped."""
-    with pytest.raises(AssertionError) as info:
-        check_exercise(exercise_id, answer)
-    return " ".join(str(info.value).split())  # undo the line wrapping
-
-
 # --- the checkers' outcomes
 
 
@@ -166,7 +160,7 @@ def test_check_ch06_stub_not_attempted(
     ],
 )
 def test_lr_check_rejects_wrong_answer(mistake: str, case: str, keyword: str) -> None:
-    message = _failure("6.1", _lr(mistake))
+    message = failure_message("6.1", _lr(mistake))
     assert f"Exercise 6.1 failed {case}" in message
     assert keyword in message
 
@@ -183,7 +177,7 @@ def test_lr_check_explains_an_early_max() -> None:
             total_steps=total_steps,
         )
 
-    message = _failure("6.1", over_warmup)
+    message = failure_message("6.1", over_warmup)
     assert "check 1/12 (the first warm-up step)" in message
     assert "overshoots" in message
 
@@ -225,7 +219,7 @@ def test_lr_variants_match_the_reference() -> None:
     ],
 )
 def test_loss_check_rejects_wrong_answer(mistake: str, case: str, keyword: str) -> None:
-    message = _failure("6.2", _loss(mistake))
+    message = failure_message("6.2", _loss(mistake))
     assert f"Exercise 6.2 failed {case}" in message
     assert keyword in message
 
@@ -236,7 +230,7 @@ def test_loss_check_rejects_a_model_from_elsewhere() -> None:
     def global_model(model, tokens, context_length, batch_size=64):
         return _loss()(other, tokens, context_length, batch_size)
 
-    message = _failure("6.2", global_model)
+    message = failure_message("6.2", global_model)
     assert "check 1/7 (one window)" in message and "never called" in message
 
 
@@ -247,7 +241,7 @@ def test_loss_check_explains_a_tuple_output() -> None:
         logits = model(tokens[:-1][None])
         return F.cross_entropy(logits.flatten(0, 1), tokens[1:]).item()
 
-    message = _failure("6.2", no_unpacking)
+    message = failure_message("6.2", no_unpacking)
     assert "raised" in message and "logits, _ = model(x)" in message
 
 
