@@ -7,7 +7,7 @@ per chapter (`ch00`, `ch01`, ...) registers that chapter's exercises in `EXERCIS
 it is imported below.
 """
 
-from utils.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06
+from utils.checks import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
 from utils.checks.core import EXERCISES, Case, Exercise, check_exercise, register
 
 __all__ = [
@@ -22,5 +22,8 @@ __all__ = [
     "ch04",
     "ch05",
     "ch06",
+    "ch07",
+    "ch08",
+    "ch09",
     "register",
 ]
