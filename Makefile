@@ -11,14 +11,20 @@ STAMP := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # The tests never reach a model hub; the course loads everything from installed packages.
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+# tests/offline/sitecustomize.py blocks every connection but loopback in the test
+# processes and all they start (kernels, torchrun, JupyterLab); pytest-socket does the
+# same inside pytest (see pyproject.toml).
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg \
+	PYTHONPATH="$(CURDIR)/tests/offline$${PYTHONPATH:+:$$PYTHONPATH}"
+SLIDES_DIR := build/slides
 
-.PHONY: help setup lab test test-fast lint clean-cache clean
+.PHONY: help setup lab test test-fast slides lint clean-cache clean
 
 help:
 	@echo "make lab          set up (first time only) and open the course in JupyterLab"
 	@echo "make test         set up (first time only) and run every test"
 	@echo "make test-fast    unit tests without the slow ones (no notebooks)"
+	@echo "make slides       one offline reveal.js deck per chapter in $(SLIDES_DIR)/"
 	@echo "make lint         ruff over utils/, tests/, benchmarks/ and the notebooks"
 	@echo "make setup        create .venv/ and install the pinned stack (lab and test do this)"
 	@echo "make clean-cache  remove data/cache/ (datasets and converted model weights)"
@@ -46,6 +52,11 @@ test: setup
 
 test-fast: setup
 	$(TEST_ENV) $(BIN)/python -m pytest tests -m "not slow"
+
+# Decks open from disk with no network: reveal.js, jQuery, require.js and MathJax are
+# copied from installed packages into $(SLIDES_DIR)/assets/.
+slides: setup
+	$(BIN)/python -m utils.slides --export $(SLIDES_DIR) chapters/[0-9][0-9]_*.ipynb
 
 lint: setup
 	$(BIN)/ruff check utils tests benchmarks chapters solutions

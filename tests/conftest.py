@@ -22,7 +22,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Skip `network` tests unless --run-network, and `gpu` tests without CUDA."""
+    """Skip `network` tests unless --run-network (which also lets them use sockets),
+    and `gpu` tests without CUDA."""
     run_network = config.getoption("--run-network")
     gpu_items = [item for item in items if "gpu" in item.keywords]
     has_cuda = False
@@ -33,6 +34,8 @@ def pytest_collection_modifyitems(
     for item in items:
         if "network" in item.keywords and not run_network:
             item.add_marker(pytest.mark.skip(reason="needs --run-network"))
+        elif "network" in item.keywords:
+            item.add_marker(pytest.mark.enable_socket)  # lift pytest-socket's block
     for item in gpu_items:
         if not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))

@@ -52,7 +52,9 @@ def run_torchrun(out: Path, steps: int) -> subprocess.CompletedProcess:
         str(out),
         "--quiet",
     ]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # keep the test's PYTHONPATH (make test puts the network guard on it)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

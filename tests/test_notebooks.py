@@ -17,8 +17,14 @@ CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
 NOTEBOOKS = CHAPTERS + SOLUTIONS
 EXERCISE_HEADING = re.compile(r"^### Exercise (\d+\.\d+) · (.+)$", re.MULTILINE)
+# Code or styles that an output would fetch: script tags, require.js paths, style
+# sheets, CSS and ES module imports, frames (quotes may be JSON-escaped).
+_URL = r"\\?[\"']?(?:https?:)?//"
 REMOTE_CODE = re.compile(
-    r"<script[^>]+src=\\?[\"']https?://|require\.config\([^)]*https?://"
+    rf"<script[^>]+src={_URL}|require\.config\([^)]*https?://"
+    rf"|<link[^>]+href={_URL}|@import\s+(?:url\()?{_URL}"
+    rf"|\bimport\s*(?:\(|[^;()]*?\bfrom\s*){_URL}|<iframe[^>]+src={_URL}",
+    re.IGNORECASE,
 )
 REMOTE_IMAGE = re.compile(r"!\[[^\]]*\]\(https?://|<img[^>]+src=[\"']https?://")
 
@@ -110,6 +116,28 @@ def test_notebook_loads_nothing_remote(path):
         assert not REMOTE_IMAGE.search(_source(cell)), "images must be local files"
         for output in cell.get("outputs", []):
             assert not REMOTE_CODE.search(json.dumps(output.get("data", {})))
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        '<script src="https://cdn.example/require.js"></script>',
+        "<script type='text/javascript' src='//cdn.example/d3.js'></script>",
+        "require.config({paths: {d3: 'https://cdn.example/d3'}})",
+        '<link rel="stylesheet" href="https://cdn.example/style.css">',
+        "<style>@import url('https://fonts.example/font.css');</style>",
+        '<script type="module">import x from "https://esm.example/x.js";</script>',
+        "<script>import('https://esm.example/y.js')</script>",
+        '<iframe src="https://example.com/view"></iframe>',
+    ],
+)
+def test_remote_code_pattern_catches(output):
+    assert REMOTE_CODE.search(json.dumps({"text/html": output}))
+
+
+def test_remote_code_pattern_allows_links_and_local_code():
+    local = '<a href="https://arxiv.org/abs/1706.03762">paper</a><script src="data:x">'
+    assert not REMOTE_CODE.search(json.dumps({"text/html": local}))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -15,6 +15,8 @@ OVERRIDES = {
         "fetchNews": "false",
         "checkForUpdates": False,
     },
+    # RISE's default theme loads web fonts from Google; "white" uses local fonts only
+    "jupyterlab-rise:plugin": {"theme": "white"},
 }
 
 
