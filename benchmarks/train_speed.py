@@ -110,6 +110,12 @@ def main() -> None:
     )
     parser.add_argument("--baseline-steps", type=int, default=300)
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: matmuls in bfloat16 (autocast); needs AVX512-BF16 or AMX",
+    )
+    parser.add_argument(
         "--positions", choices=("rope", "learned"), default="rope", help="see GPTConfig"
     )
     args = parser.parse_args()
@@ -134,6 +140,7 @@ def main() -> None:
         warmup_steps=min(100, args.steps),
         seed=SEED,
         compile=args.compile,
+        precision=args.precision,
         sample_interval=0,
     )
     torch.manual_seed(SEED)

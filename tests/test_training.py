@@ -486,6 +486,28 @@ def test_train_config_rejects_bad_settings():
         tiny_train_config(eval_interval=0)
     with pytest.raises(ValueError, match="grad_clip"):
         tiny_train_config(grad_clip=-1.0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_train_config(precision="fp16")
+
+
+def test_bf16_without_native_support_is_refused(monkeypatch):
+    monkeypatch.setattr(training, "bf16_is_fast", lambda device: False)
+    config = tiny_train_config(precision="bf16")
+    with pytest.raises(ValueError, match="native bfloat16 .* use precision='fp32'"):
+        train(tiny_gpt(), pattern_tokens(), pattern_tokens(), config, progress=False)
+
+
+@pytest.mark.skipif(not training.bf16_is_fast("cpu"), reason="no native bf16 here")
+def test_train_in_bf16_tracks_fp32():
+    tokens = pattern_tokens()
+    config = tiny_train_config(max_steps=20, eval_interval=10)
+    fp32, bf16 = tiny_gpt(), tiny_gpt()
+    expected = train(fp32, tokens, tokens, config, progress=False, plot=False)
+    config = dataclasses.replace(config, precision="bf16")
+    history = train(bf16, tokens, tokens, config, progress=False, plot=False)
+
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    assert history["val_loss"] == pytest.approx(expected["val_loss"], abs=0.05)
 
 
 def test_train_reduces_the_loss():

@@ -508,6 +508,25 @@ def _check_plain(value: Any, where: str) -> None:
 # --- the training loop ---------------------------------------------------------------
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` computes bfloat16 matmuls natively (so bf16 pays off).
+
+    On a CPU that needs AVX512-BF16 or AMX; without them PyTorch emulates bfloat16
+    and matmuls run tens of times slower than in float32.
+
+    Introduced in chapter 6.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The settings of a training run; the defaults are nanoGPT's CPU Shakespeare run.
@@ -535,6 +554,9 @@ class TrainConfig:
     checkpoint_interval: int = 0  # save every this many steps; 0: at the end only
     seed: int = 0  # picks the batches (see batch_seed), not the initial weights
     compile: bool = False  # torch.compile the model: faster steps, slow first step
+    # "bf16": forward and backward matmuls in bfloat16 (autocast), weights, optimizer
+    # and evaluation stay float32. Only where the hardware computes bfloat16 natively.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name, minimum in (
@@ -550,6 +572,10 @@ class TrainConfig:
         ):
             _check_whole(getattr(self, name), name, minimum=minimum)
         _check_schedule(0, self.max_lr, self.min_lr, self.warmup_steps, self.max_steps)
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError(
                 f"grad_clip and weight_decay must be >= 0, got {self.grad_clip} and "
@@ -722,7 +748,8 @@ def _resume(
     meta = load_checkpoint(path, core, optimizer)
     extra = meta["extra"] or {}
     saved = extra.get("train_config")
-    if saved is not None and saved != _plain_config(config):
+    current = _plain_config(config)
+    if saved is not None and {**current, **saved} != current:  # new fields: defaults
         warnings.warn(
             f"{path} was saved under another TrainConfig ({saved}); resuming with "
             "the new one changes the schedule or the batches",
@@ -781,6 +808,17 @@ class _Run:
         self.model = torch.compile(model) if config.compile else model
         self.optimizer, self.config, self.history = optimizer, config, history
         self.device = next(self.core.parameters()).device
+        if config.precision == "bf16" and not bf16_is_fast(self.device):
+            raise ValueError(
+                f"precision='bf16' needs native bfloat16 on {self.device} (a CPU with "
+                "AVX512-BF16 or AMX, or a recent GPU); here it would be far slower "
+                "than float32: use precision='fp32'"
+            )
+        self.autocast = torch.autocast(
+            self.device.type,
+            dtype=torch.bfloat16,
+            enabled=config.precision == "bf16",
+        )
         self.train_tokens = train_tokens.to(self.device)
         self.val_tokens = val_tokens.to(self.device)
         self.params = [p for p in self.core.parameters() if p.requires_grad]
@@ -834,7 +872,8 @@ class _Run:
         x, y = get_batch(
             self.train_tokens, config.batch_size, config.context_length, self.generator
         )  # (B, T), (B, T)
-        _, loss = self.model(x, y)
+        with self.autocast:
+            _, loss = self.model(x, y)
         loss.backward()
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, config.grad_clip, foreach=True)

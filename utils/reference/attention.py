@@ -356,9 +356,7 @@ class MultiHeadAttention(nn.Module):
             # torch's is_causal aligns the mask top-left, ours bottom-right: they
             # agree only when T == S, which _can_fuse checks
             dropout_p = self.dropout if self.training else 0.0
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout_p, is_causal=is_causal
-            )  # (B, H, T, Dh)
+            out = _fused_attention(q, k, v, dropout_p, is_causal)  # (B, H, T, Dh)
         else:
             out, weights = scaled_dot_product_attention(
                 q,
@@ -414,6 +412,33 @@ class MultiHeadAttention(nn.Module):
         )
         fused = ", fused=True" if self.fused else ""
         return f"d_model={self.d_model}, n_heads={self.n_heads}{kv}{fused}"
+
+
+def _fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    is_causal: bool,
+) -> torch.Tensor:
+    """PyTorch's fused attention; under autocast on a CPU, in float32 all the same.
+
+    Under bfloat16 autocast the projections around attention run in bfloat16, but
+    PyTorch's CPU attention kernel is several times slower backwards in bfloat16
+    than in float32 (measured at chapter 6's size), so it gets float32 inputs.
+    """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(
+                q.float(),
+                k.float(),
+                v.float(),
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+            )
+    return F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, is_causal=is_causal
+    )
 
 
 def _check_head_counts(d_model: int, n_heads: int, n_kv_heads: int) -> None:
