@@ -410,3 +410,47 @@ def plot_lr_schedule(
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     return fig
+
+
+def plot_scaling(
+    lengths: Sequence[int],
+    series: dict[str, Sequence[float]],
+    title: str,
+    ylabel: str,
+    xlabel: str = "sequence length T",
+    ax: Axes | None = None,
+) -> Figure:
+    """How a cost grows with the input size: one line per method, log-log axes.
+
+    On log-log axes a cost proportional to T^p is a straight line of slope p, so
+    linear and quadratic growth are easy to tell apart.
+
+    Args:
+        lengths: the sizes measured, e.g. [256, 512, 1024].
+        series: method name -> one value per length.
+        title: the figure's title.
+        ylabel: what the values measure.
+        xlabel: what the lengths count.
+        ax: draw here instead of on a new figure.
+
+    Raises:
+        ValueError: a series has a different number of values than `lengths`.
+
+    Introduced in chapter 9.
+    """
+    fig, ax = _axes(ax, (6, 3.8))
+    for label, values in series.items():
+        if len(values) != len(lengths):
+            raise ValueError(
+                f"series {label!r} has {len(values)} values for {len(lengths)} lengths"
+            )
+        ax.plot(list(lengths), list(values), "o-", markersize=4, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(list(lengths), [str(n) for n in lengths])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best")
+    return fig

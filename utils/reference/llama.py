@@ -1,0 +1,598 @@
+"""A LLaMA-style decoder that runs SmolLM2's weights, with a key/value cache.
+
+From chapter 05's GPT-2 layout, a LLaMA-style model changes five pieces:
+
+- RMSNorm instead of LayerNorm (no centring, no bias);
+- rotary positions (RoPE) on queries and keys instead of a learned position table;
+- a SwiGLU MLP: down(silu(gate(x)) * up(x)), with no biases anywhere;
+- grouped-query attention: H query heads share H_kv < H key/value heads;
+- the output head tied to the token embedding (as GPT-2, and as SmolLM2).
+
+`from_hf` copies a `transformers` LlamaForCausalLM into `Llama`; `KVCache` keeps the
+keys and values of past positions so that decoding computes one new position per step;
+`generate` decodes greedily or by sampling, with or without the cache.
+
+For speed on a CPU the model stores the q, k and v projections as one matrix (and the
+gate and up projections as another), so each layer runs two large matrix products
+where the textbook layout runs five.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.reference.attention import causal_mask
+from utils.reference.block import RMSNorm
+from utils.reference.positions import apply_rope, rope_cos_sin
+from utils.reference.sampling import sample_next_token
+
+
+@dataclass
+class LlamaConfig:
+    """Sizes of a LLaMA-style decoder; the defaults are SmolLM2-135M's.
+
+    Introduced in chapter 9.
+    """
+
+    vocab_size: int = 49152  # V
+    context_length: int = 8192  # the most positions one sequence may hold
+    n_layers: int = 30  # L
+    n_heads: int = 9  # H, query heads
+    n_kv_heads: int = 3  # H_kv, key/value heads; H_kv = H is plain multi-head
+    d_model: int = 576  # D
+    head_dim: int = 64  # Dh; LLaMA keeps D = H * Dh
+    d_ff: int = 1536  # hidden width of the SwiGLU MLP
+    rope_theta: float = 100000.0  # base of the rotary frequencies
+    norm_eps: float = 1e-5  # RMSNorm's epsilon
+    tie_embeddings: bool = True  # the output head reuses the token embedding
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}: "
+                "each key/value head serves a whole group of query heads"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+
+def llama_config_from_hf(hf_config: Any) -> LlamaConfig:
+    """Read our `LlamaConfig` from a `transformers` LlamaConfig.
+
+    Args:
+        hf_config: `model.config` of a `transformers` LLaMA model.
+
+    Returns:
+        The same sizes under the course's names.
+
+    Introduced in chapter 9.
+    """
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    n_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None)
+    return LlamaConfig(
+        vocab_size=hf_config.vocab_size,
+        context_length=hf_config.max_position_embeddings,
+        n_layers=hf_config.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=hf_config.num_key_value_heads or n_heads,
+        d_model=hf_config.hidden_size,
+        head_dim=head_dim or hf_config.hidden_size // n_heads,
+        d_ff=hf_config.intermediate_size,
+        rope_theta=float(theta),
+        norm_eps=float(hf_config.rms_norm_eps),
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)),
+    )
+
+
+def kv_cache_update(
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    start: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write new keys and values into preallocated buffers, in place.
+
+    Args:
+        cache_k: the key buffer, (B, H_kv, S_max, Dh); positions 0..start-1 are filled.
+        cache_v: the value buffer, same shape.
+        k: keys of the T new positions, (B, H_kv, T, Dh).
+        v: values of the T new positions, same shape.
+        start: the position of the first new token (how many are cached already).
+
+    Returns:
+        `(keys, values)`: views of the buffers for positions 0..start+T-1, each
+        (B, H_kv, start + T, Dh). Nothing is copied besides the T new positions.
+
+    Raises:
+        ValueError: the new keys do not fit the buffer.
+
+    Introduced in chapter 9.
+    """
+    end = start + k.size(-2)
+    if end > cache_k.size(-2):
+        raise ValueError(
+            f"the cache holds {cache_k.size(-2)} positions, but {start} are filled and "
+            f"{k.size(-2)} more arrive; build a longer KVCache or reset() it"
+        )
+    if k.shape[:2] + k.shape[3:] != cache_k.shape[:2] + cache_k.shape[3:]:
+        raise ValueError(
+            f"new keys {tuple(k.shape)} do not match the cache {tuple(cache_k.shape)}"
+            " in (B, H_kv, _, Dh)"
+        )
+    cache_k[:, :, start:end] = k  # write the T new positions, nothing else moves
+    cache_v[:, :, start:end] = v
+    return cache_k[:, :, :end], cache_v[:, :, :end]  # (B, H_kv, start + T, Dh)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far.
+
+    The buffers are allocated once, (L, B, H_kv, S_max, Dh) each, and written in
+    place, so a decoding step never copies the past. `length` is the number of
+    cached positions: the position offset of the next token.
+
+    Args:
+        n_layers: L.
+        batch_size: B.
+        n_kv_heads: H_kv, the number of key/value heads (not query heads).
+        max_len: S_max, the most positions the cache can hold.
+        head_dim: Dh.
+        dtype: of the buffers.
+        device: where to allocate them.
+
+    Introduced in chapter 9.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # cached positions; the next token sits at this position
+
+    @classmethod
+    def for_model(cls, model: "Llama", batch_size: int = 1, max_len: int | None = None):
+        """A cache sized for `model`, holding up to `max_len` (default: its context).
+
+        Introduced in chapter 9.
+        """
+        c = model.config
+        max_len = c.context_length if max_len is None else max_len
+        weight = model.tok_emb.weight
+        return cls(
+            c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim,
+            dtype=weight.dtype, device=weight.device,
+        )  # fmt: skip
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.size(-2)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer `layer`'s new keys and values at positions length..length+T-1.
+
+        Args:
+            layer: which layer's buffers to write.
+            k, v: (B, H_kv, T, Dh) for the T new positions.
+
+        Returns:
+            The layer's keys and values for all positions so far, each
+            (B, H_kv, length + T, Dh). `length` itself moves on in `advance`, once
+            every layer has written.
+
+        Introduced in chapter 9.
+        """
+        return kv_cache_update(self.keys[layer], self.values[layer], k, v, self.length)
+
+    def advance(self, n_new: int) -> None:
+        """Count `n_new` more cached positions (called once per forward pass)."""
+        self.length += n_new
+
+    def reset(self) -> None:
+        """Empty the cache for a new sequence; the buffers are kept and zeroed."""
+        self.length = 0
+        self.keys.zero_()
+        self.values.zero_()
+
+    def bytes_per_token(self) -> int:
+        """Memory one cached position takes over all layers: 2 * L * B * H_kv * Dh."""
+        n_layers, batch_size, n_kv_heads, _, head_dim = self.keys.shape
+        return 2 * n_layers * batch_size * n_kv_heads * head_dim * self.keys.itemsize
+
+    def __repr__(self) -> str:
+        return f"KVCache(length={self.length}, shape={tuple(self.keys.shape)})"
+
+
+class SwiGLU(nn.Module):
+    """The gated MLP of LLaMA: down(silu(gate(x)) * up(x)), without biases.
+
+    `gate_up` holds the gate and up matrices stacked, (2 * d_ff, D), so that one
+    matrix product computes both.
+
+    Introduced in chapter 9.
+    """
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.d_ff = d_ff
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        gate, up = self.gate_up(x).split(self.d_ff, dim=-1)  # 2 x (B, T, d_ff)
+        return self.down(F.silu(gate) * up)  # (B, T, d_ff) -> (B, T, D)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal attention where groups of H / H_kv query heads share one key/value head.
+
+    Queries and keys are rotated by RoPE before the scores. With a `KVCache`, the new
+    keys and values are stored and the queries attend to every cached position.
+
+    Args:
+        d_model: D.
+        n_heads: H, query heads.
+        n_kv_heads: H_kv, key/value heads; must divide H.
+        head_dim: Dh.
+
+    Introduced in chapter 9.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.sizes = (n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
+        self.qkv = nn.Linear(d_model, sum(self.sizes), bias=False)  # q, k, v stacked
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """Attend from the T new positions to themselves and everything cached.
+
+        Args:
+            x: (B, T, D), normalised.
+            cos, sin: (T, Dh), the rotary angles of the T new positions.
+            cache: keys and values of earlier positions, or None.
+            layer: this layer's index in the cache.
+
+        Returns:
+            (B, T, D).
+
+        Introduced in chapter 9.
+        """
+        batch_size, seq_len, _ = x.shape
+        q, k, v = self.qkv(x).split(self.sizes, dim=-1)  # (B, T, H*Dh), 2x(B,T,Hkv*Dh)
+        q = q.view(batch_size, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch_size, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch_size, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # chapter 02's RoPE
+
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H_kv, S, Dh), S = cached + T
+        out = _causal_gqa(q, k, v)  # (B, H, T, Dh)
+        out = out.transpose(1, 2).reshape(batch_size, seq_len, -1)  # (B, T, H*Dh)
+        return self.out_proj(out)
+
+
+def _causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of the last T of S positions, keys shared by head groups."""
+    batch_size, n_heads, seq_len, head_dim = q.shape
+    n_kv_heads, kv_len = k.size(1), k.size(-2)
+    if seq_len == 1:
+        # one new query sees every cached key, so no mask: fold each group's query
+        # heads into the query axis and attend once per key/value head, with no
+        # repeated keys in memory
+        grouped = q.view(batch_size, n_kv_heads, n_heads // n_kv_heads, head_dim)
+        with _one_thread():
+            out = F.scaled_dot_product_attention(grouped, k, v)  # (B, H_kv, H/H_kv, Dh)
+        return out.view(batch_size, n_heads, 1, head_dim)  # -> (B, H, 1, Dh)
+    if seq_len == kv_len:  # a fresh prompt: the plain lower-triangular mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    # a chunk after cached positions: SDPA's is_causal would align the mask top-left
+    keep = ~causal_mask(seq_len, kv_len, device=q.device)  # (T, S), True = may look
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
+
+
+@contextmanager
+def _one_thread():
+    """Run a tiny op on one thread, then restore PyTorch's thread count.
+
+    One query per head is a few thousand multiply-adds: too little to share. Sharing
+    it still makes the threads meet once per layer, and on a busy machine that meeting
+    waits for a time slice of the other core (milliseconds, against microseconds of
+    work). The large matrix products keep every thread.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+class LlamaBlock(nn.Module):
+    """A pre-norm LLaMA block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    Introduced in chapter 9.
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        c = config
+        self.norm1 = RMSNorm(c.d_model, eps=c.norm_eps)
+        self.attn = GroupedQueryAttention(
+            c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
+        )
+        self.norm2 = RMSNorm(c.d_model, eps=c.norm_eps)
+        self.mlp = SwiGLU(c.d_model, c.d_ff)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); see `GroupedQueryAttention.forward`."""
+        x = x + self.attn(self.norm1(x), cos, sin, cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class Llama(nn.Module):
+    """A LLaMA-style decoder: embedding, L blocks, RMSNorm, tied output head.
+
+    Args:
+        config: the sizes; `LlamaConfig()` is SmolLM2-135M.
+
+    Introduced in chapter 9.
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.context_length = config.context_length
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        cos, sin = rope_cos_sin(
+            config.context_length, config.head_dim, theta=config.rope_theta
+        )
+        self.register_buffer("rope_cos", cos, persistent=False)  # (context, Dh)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits for the next token after each position.
+
+        Args:
+            idx: (B, T) token ids. With a cache they follow the `cache.length`
+                positions already stored, and are added to it.
+            cache: a `KVCache` to read and extend, or None to treat idx as the whole
+                sequence.
+            last_only: compute the logits of the last position only (decoding
+                needs no others); the head is the largest matrix product.
+
+        Returns:
+            (B, T, V), or (B, 1, V) with `last_only`.
+
+        Raises:
+            ValueError: idx is not (B, T) ids, or the sequence would exceed the
+                context (the model does not crop: pass fewer tokens).
+
+        Introduced in chapter 9.
+        """
+        start = 0 if cache is None else cache.length
+        self._check_input(idx, start, cache)
+        seq_len = idx.size(1)
+        cos = self.rope_cos[start : start + seq_len]  # (T, Dh), positions offset
+        sin = self.rope_sin[start : start + seq_len]
+
+        x = self.tok_emb(idx)  # (B, T) -> (B, T, D)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, layer)
+        if cache is not None:
+            cache.advance(seq_len)
+        if last_only:
+            x = x[:, -1:]  # (B, T, D) -> (B, 1, D)
+        return self.lm_head(self.norm(x))  # (B, T, D) -> (B, T, V)
+
+    def _check_input(
+        self, idx: torch.Tensor, start: int, cache: KVCache | None
+    ) -> None:
+        if (
+            not isinstance(idx, torch.Tensor)
+            or idx.dim() != 2
+            or idx.is_floating_point()
+        ):
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx)
+            raise ValueError(
+                f"idx must be (B, T) integer token ids, got {shape}; for one prompt "
+                "pass ids[None]"
+            )
+        end = start + idx.size(1)
+        limit = (
+            self.context_length
+            if cache is None
+            else min(self.context_length, cache.max_len)
+        )
+        if end > limit:
+            raise ValueError(
+                f"{start} cached + {idx.size(1)} new positions exceed the limit of "
+                f"{limit} (context {self.context_length}); crop the prompt, e.g. "
+                f"idx[:, -{max(limit - start, 1)}:], or reset() the cache"
+            )
+        if cache is not None and cache.keys.size(1) != idx.size(0):
+            raise ValueError(
+                f"the cache was built for batch size {cache.keys.size(1)}, but idx "
+                f"has {idx.size(0)} rows; build it with KVCache.for_model(model, "
+                f"batch_size={idx.size(0)})"
+            )
+
+
+def from_hf(hf_model: nn.Module) -> Llama:
+    """Build our `Llama` with the weights of a `transformers` LlamaForCausalLM.
+
+    The q, k and v projections are stacked into one matrix, and so are the gate and
+    up projections; every other weight is copied as it is.
+
+    Args:
+        hf_model: e.g. SmolLM2 from `utils.models.load_smollm2()`.
+
+    Returns:
+        A `Llama` in eval mode, on the same device and dtype as `hf_model`.
+
+    Raises:
+        ValueError: the model has biases in attention or the MLP (ours has none).
+
+    Introduced in chapter 9.
+    """
+    hf_config = hf_model.config
+    if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", 0):
+        raise ValueError("models with attention or MLP biases are not supported")
+    config = llama_config_from_hf(hf_config)
+    weight = hf_model.get_input_embeddings().weight
+    model = Llama(config).to(device=weight.device, dtype=weight.dtype)
+    inner = hf_model.model
+    with torch.no_grad():
+        model.tok_emb.weight.copy_(weight)
+        for block, hf_layer in zip(model.blocks, inner.layers, strict=True):
+            attn, mlp = hf_layer.self_attn, hf_layer.mlp
+            qkv = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+            block.attn.qkv.weight.copy_(torch.cat(qkv, dim=0))
+            block.attn.out_proj.weight.copy_(attn.o_proj.weight)
+            gate_up = [mlp.gate_proj.weight, mlp.up_proj.weight]
+            block.mlp.gate_up.weight.copy_(torch.cat(gate_up, dim=0))
+            block.mlp.down.weight.copy_(mlp.down_proj.weight)
+            block.norm1.weight.copy_(hf_layer.input_layernorm.weight)
+            block.norm2.weight.copy_(hf_layer.post_attention_layernorm.weight)
+        model.norm.weight.copy_(inner.norm.weight)
+        if not config.tie_embeddings:
+            model.lm_head.weight.copy_(hf_model.get_output_embeddings().weight)
+    return model.eval()
+
+
+@torch.inference_mode()
+def generate(
+    model: Llama,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    eos_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Extend each sequence by up to `max_new_tokens` tokens.
+
+    With the cache, the prompt runs once (prefill) and each later step feeds only the
+    newest token. Without it, every step recomputes the whole sequence.
+
+    Args:
+        model: a `Llama`.
+        idx: the prompt, (B, T) token ids.
+        max_new_tokens: how many tokens to add at most.
+        temperature: 0 (the default) decodes greedily; see `sample_next_token`.
+        top_k, top_p: sampling filters; None keeps every token.
+        use_cache: decode with a `KVCache` (fast) or recompute everything (slow).
+        eos_token_id: stop early once every row has produced this token.
+        generator: a seeded `torch.Generator` for repeatable samples.
+
+    Returns:
+        (B, T + n) with n <= max_new_tokens new tokens.
+
+    Raises:
+        ValueError: the prompt plus the new tokens exceed the context; the model
+            does not crop, so shorten the prompt or ask for fewer tokens.
+
+    Introduced in chapter 9.
+    """
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.numel() == 0:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx)
+        raise ValueError(
+            f"idx must be (B, T) token ids with B, T >= 1, got {shape}; for one "
+            "prompt pass ids[None]"
+        )
+    batch_size, prompt_len = idx.shape
+    total = prompt_len + max_new_tokens
+    if total > model.context_length:
+        raise ValueError(
+            f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} "
+            f"exceeds the context of {model.context_length} positions; shorten the "
+            "prompt or ask for fewer tokens"
+        )
+    cache = KVCache.for_model(model, batch_size, max_len=total) if use_cache else None
+    out = torch.empty(batch_size, total, dtype=torch.long, device=idx.device)
+    out[:, :prompt_len] = idx
+    step_input, length = idx, prompt_len
+    for _ in range(max_new_tokens):
+        logits = model(step_input, cache=cache, last_only=True)[:, -1]  # (B, V)
+        next_id = sample_next_token(logits, temperature, top_k, top_p, generator)
+        out[:, length : length + 1] = next_id  # (B, 1)
+        length += 1
+        if eos_token_id is not None and bool((next_id == eos_token_id).all()):
+            break
+        step_input = next_id if use_cache else out[:, :length]
+    return out[:, :length]
+
+
+def kv_bytes_per_token(config: LlamaConfig, n_kv_heads: int | None = None) -> int:
+    """Bytes of float32 cache one position needs: 2 (k and v) * L * H_kv * Dh * 4.
+
+    Args:
+        config: the model's sizes.
+        n_kv_heads: override H_kv, e.g. `config.n_heads` for plain multi-head.
+
+    Introduced in chapter 9.
+    """
+    n_kv = config.n_kv_heads if n_kv_heads is None else n_kv_heads
+    return 2 * config.n_layers * n_kv * config.head_dim * 4
+
+
+__all__ = [
+    "GroupedQueryAttention",
+    "KVCache",
+    "Llama",
+    "LlamaBlock",
+    "LlamaConfig",
+    "SwiGLU",
+    "from_hf",
+    "generate",
+    "kv_bytes_per_token",
+    "kv_cache_update",
+    "llama_config_from_hf",
+]
