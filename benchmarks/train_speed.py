@@ -18,7 +18,12 @@ most tutorials write one (`benchmarks/plain_gpt.py`), before and after the run, 
 prints the ratio to the mean of the two. Run it on a quiet machine: other work on the
 cores changes every figure, and even a quiet virtual machine drifts by 10-20 %.
 
+By default the matrix products run in bfloat16 (autocast: weights, optimizer state,
+attention and evaluation stay float32) where the CPU computes bfloat16 natively
+(AVX512-BF16 or AMX), and in float32 elsewhere; `--precision fp32` forces float32.
+
 Run: .venv/bin/python benchmarks/train_speed.py [--baseline] [--compile]
+        [--precision auto|fp32|bf16]
 """
 
 import argparse
@@ -33,7 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for plain_gpt
 
 from utils.data import shakespeare_char_data  # noqa: E402
 from utils.reference import GPT, GPTConfig  # noqa: E402
-from utils.training import TrainConfig, evaluate_loss, get_batch, train  # noqa: E402
+from utils.training import (  # noqa: E402
+    TrainConfig,
+    bf16_is_fast,
+    evaluate_loss,
+    get_batch,
+    train,
+)
 
 SEED = 1337  # nanoGPT's seed
 
@@ -111,9 +122,10 @@ def main() -> None:
     parser.add_argument("--baseline-steps", type=int, default=300)
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: matmuls in bfloat16 (autocast); needs AVX512-BF16 or AMX",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16: matmuls in bfloat16 (autocast), which needs AVX512-BF16 or AMX; "
+        "auto: bf16 where the CPU has them, else fp32",
     )
     parser.add_argument(
         "--positions", choices=("rope", "learned"), default="rope", help="see GPTConfig"
@@ -135,12 +147,15 @@ def main() -> None:
         baseline_ms = time_baseline(data.train, vocab_size, args.baseline_steps)
         print(f"plain PyTorch GPT: {baseline_ms:.1f} ms/iteration (median)")
 
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16" if bf16_is_fast("cpu") else "fp32"
     config = TrainConfig(
         max_steps=args.steps,
         warmup_steps=min(100, args.steps),
         seed=SEED,
         compile=args.compile,
-        precision=args.precision,
+        precision=precision,
         sample_interval=0,
     )
     torch.manual_seed(SEED)
@@ -148,7 +163,7 @@ def main() -> None:
     flops = flops_per_iteration(model, data.train, config)
     print(
         f"model: {args.positions} positions, {model.num_parameters():,} parameters, "
-        f"{flops / 1e9:.2f} GFLOP/it{', compiled' if args.compile else ''}"
+        f"{flops / 1e9:.2f} GFLOP/it, {precision}{', compiled' if args.compile else ''}"
     )
 
     start = time.perf_counter()
