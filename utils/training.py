@@ -849,6 +849,9 @@ class _Run:
             desc="training",
             unit="step",
             disable=not (progress and self.main),
+            # one redraw a second: each is a message to the notebook, and a flood of
+            # them can overflow the kernel's output queue, which drops messages
+            mininterval=1.0,
         )
         try:
             tick = time.perf_counter()
