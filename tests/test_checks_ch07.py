@@ -5,6 +5,7 @@ not attempted, and rejects plausible wrong answers with a hint that names the
 mistake. The wrong answers are written independently of the reference.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +14,7 @@ from conftest import failure_message
 
 import utils.checks.ch07  # noqa: F401  (registers 7.1)
 from utils.checks import EXERCISES, check_exercise
-from utils.checks.ch07 import induction_cases, induction_variant
+from utils.checks.ch07 import diagnose_induction, induction_cases, induction_variant
 from utils.reference.interp import induction_score
 
 
@@ -22,10 +23,14 @@ def _score(mistake: str = "") -> Callable:
 
     def induction_score(weights, period):
         seq_len = weights.shape[-1]
-        start = period if mistake == "from_start" else seq_len - period
-        queries = range(period - 1, seq_len) if mistake == "all_queries" else None
-        queries = queries or range(start, start + period)
-        back = period if mistake == "same_token" else period - 1
+        first_query = {
+            "all_queries": period - 1,
+            "from_start": period,
+            "skip_first": seq_len - period + 1,
+        }.get(mistake, seq_len - period)
+        last_query = 2 * period - 1 if mistake == "from_start" else seq_len - 1
+        queries = range(first_query, last_query + 1)
+        back = {"same_token": period, "too_far": period - 2}.get(mistake, period - 1)
         picked = [
             weights[..., t - back, t]
             if mistake == "swapped"
@@ -63,7 +68,9 @@ def test_check_ch07_stub_not_attempted(capsys: pytest.CaptureFixture[str]) -> No
     ("mistake", "keyword"),
     [
         ("same_token", "key t - period + 1"),
+        ("too_far", "key t - period + 2, one past"),
         ("all_queries", "every query on the diagonal"),
+        ("skip_first", "leave out the first query of the second copy"),
         ("from_start", "END of the sequence"),
         ("sum", "you add the weights up"),
         ("swapped", "queries are on the second-to-last axis"),
@@ -75,16 +82,52 @@ def test_induction_check_rejects_wrong_answer(mistake: str, keyword: str) -> Non
     assert keyword in message
 
 
+def test_induction_check_names_only_the_mistake_it_sees() -> None:
+    # "too far" and "swapped" both score 0 on a head that only attends to the
+    # previous copy; the first case must tell them apart
+    message = failure_message("7.1", _score("too_far"))
+    assert "check 1/6" in message and "queries are on the second" not in message
+    swapped = failure_message("7.1", _score("swapped"))
+    assert "check 1/6" in swapped and "one past" not in swapped
+
+
+def test_induction_first_case_tells_every_mistake_apart() -> None:
+    case = induction_cases()[0]
+    weights, period = case.args
+    scores = [case.expected.item()]
+    # from_start needs a prefix and skip_first uneven queries: later cases catch them
+    for mistake in set(MISTAKES) - {"from_start", "skip_first"}:
+        scores.append(induction_variant(weights, period, mistake).item())
+    assert len({round(score, 4) for score in scores}) == len(scores)
+
+
+def test_induction_diagnosis_is_silent_when_two_mistakes_fit() -> None:
+    case = induction_cases()[-1]  # period 1: "sum" and "swapped" give the same
+    wrong = case.expected + 1.0
+    weights, period = case.args
+    ambiguous = dataclasses.replace(case, expected=wrong)
+    assert (
+        diagnose_induction(ambiguous, induction_variant(weights, period, "sum")) is None
+    )
+
+
 def test_induction_check_explains_a_missing_reduction() -> None:
     def no_mean(weights, period):
         return weights.diagonal(offset=1 - period, dim1=-2, dim2=-1)[..., -period:]
 
-    assert "one score per map" in failure_message("7.1", no_mean)
+    def keepdim(weights, period):
+        return no_mean(weights, period).mean(dim=-1, keepdim=True)
+
+    assert "reduce the last axis" in failure_message("7.1", no_mean)
+    assert "keepdim=True" in failure_message("7.1", keepdim)
 
 
-@pytest.mark.parametrize(
-    "mistake", ["same_token", "all_queries", "from_start", "sum", "swapped"]
-)
+MISTAKES = [
+    "same_token", "too_far", "all_queries", "skip_first", "from_start", "sum", "swapped"
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
 def test_induction_variants_match_the_loop_answers(mistake: str) -> None:
     for case in induction_cases():
         weights, period = case.args

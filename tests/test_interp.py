@@ -4,6 +4,7 @@ checkpoint, on tiny random models (the course's GPT and a tiny LLaMA)."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from utils.data import CharData, CharTokenizer
 from utils.interp import (
     ablate_heads,
     attention_weights,
+    copy_losses,
     gpt_attention_maps,
     head_ablation_losses,
     induction_scores,
@@ -24,6 +26,7 @@ from utils.interp import (
     shakespeare_gpt_config,
     token_losses,
     token_rank,
+    top_heads,
     weight_on_keys,
 )
 from utils.reference.gpt import GPT, GPTConfig
@@ -269,3 +272,130 @@ def test_load_shakespeare_gpt_refuses_another_config(tmp_path):
     save_checkpoint(path, GPT(config), step=0, config=config)
     with pytest.raises(ValueError, match="delete the file"):
         load_shakespeare_gpt(path, data=_fake_data())
+
+
+# --- the two copies of a repeated block ---------------------------------------------
+
+
+def test_copy_losses_by_hand():
+    # prefix p, block r0 r1 r2 twice: p r0 r1 r2 r0 r1 r2; entry t predicts token t + 1
+    # targets:  r0(prefix) r1 r2 | r0(unpredictable) | r1 r2
+    losses = torch.tensor([[100.0, 1.0, 3.0, 200.0, 5.0, 7.0]])
+    assert copy_losses(losses, period=3) == (2.0, 6.0)
+
+
+@pytest.mark.parametrize(("prefix", "period"), [(0, 2), (0, 5), (3, 4)])
+def test_copy_losses_average_the_targets_of_each_copy(prefix, period):
+    idx = repeated_random_tokens(50, period, n_seqs=2, prefix=[1] * prefix)
+    target_pos = torch.arange(1, idx.size(1)).float().expand(2, -1)  # (B, T - 1)
+    first, second = copy_losses(target_pos, period)
+    # the targets are tokens 1 .. P - 1 of each copy
+    first_copy = torch.arange(prefix + 1, prefix + period).float()
+    assert first == pytest.approx(first_copy.mean().item())
+    assert second == pytest.approx((first_copy + period).mean().item())
+
+
+@pytest.mark.parametrize(
+    ("shape", "period", "match"),
+    [((2, 5), 1, "period >= 2"), ((2, 4), 3, "at least 2 \\* period - 1"),
+     ((5,), 2, "\\(B, N\\)")],
+)  # fmt: skip
+def test_copy_losses_rejects_bad_input(shape, period, match):
+    with pytest.raises(ValueError, match=match):
+        copy_losses(torch.zeros(shape), period)
+
+
+# --- bad input gets a clear message ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("heads", "match"),
+    [((0, 3), "each entry of heads must be a \\(layer, head\\) pair"),
+     ([3], "got 3"), ([(0, 1.0)], "head must be a whole number"),
+     (3, "heads must be a list of pairs")],
+)  # fmt: skip
+def test_ablate_heads_rejects_heads_that_are_not_int_pairs(tiny_gpt, heads, match):
+    with pytest.raises(TypeError, match=match):
+        with ablate_heads(tiny_gpt, heads):
+            pass
+
+
+def test_ablate_heads_accepts_numpy_and_torch_ints(tiny_gpt):
+    idx = _ids()
+    with ablate_heads(tiny_gpt, [(1, 2)]):
+        expected = model_logits(tiny_gpt, idx)
+    with ablate_heads(tiny_gpt, [(np.int64(1), torch.tensor(2))]):
+        assert torch.equal(model_logits(tiny_gpt, idx), expected)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "error", "match"),
+    [(lambda maps, mask: (maps, mask[0]), ValueError, "shape \\(B, T\\)"),
+     (lambda maps, mask: (maps, mask[:, :-1]), ValueError, "shape \\(B, T\\)"),
+     (lambda maps, mask: (maps, mask.long()), TypeError, "bool tensor"),
+     (lambda maps, mask: (maps[0], mask), TypeError, "pass \\[maps\\]"),
+     (lambda maps, mask: ([m[0] for m in maps], mask), ValueError, "\\(B, H, T, T\\)")],
+)  # fmt: skip
+def test_weight_on_keys_rejects_bad_maps_or_masks(tiny_gpt, make_args, error, match):
+    idx = _ids()
+    maps = gpt_attention_maps(tiny_gpt, idx)
+    with pytest.raises(error, match=match):
+        weight_on_keys(*make_args(maps, idx == 3))
+
+
+@pytest.mark.parametrize("token_id", [4, -1, 2.0])
+def test_token_rank_rejects_ids_outside_the_vocabulary(token_id):
+    with pytest.raises(ValueError, match="token_id"):
+        token_rank(torch.zeros(3, 4), token_id)
+
+
+def test_token_rank_accepts_numpy_ints():
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.0]])
+    assert token_rank(logits, np.int64(3)).tolist() == [1]
+
+
+@pytest.mark.parametrize("position", [12, -13, 1.5])
+def test_logit_lens_rejects_positions_outside_the_sequence(tiny_gpt, position):
+    with pytest.raises(ValueError, match="position"):
+        logit_lens(tiny_gpt, _ids(), position=position)
+
+
+@pytest.mark.parametrize(
+    ("scores", "k", "match"),
+    [(torch.rand(4, 4), -1, "k must be >= 0"), (torch.rand(4), 2, "2-D"),
+     (torch.rand(2, 4, 4), 2, "2-D")],
+)  # fmt: skip
+def test_top_heads_rejects_bad_input(scores, k, match):
+    with pytest.raises(ValueError, match=match):
+        top_heads(scores, k=k)
+
+
+def test_top_heads_finds_the_largest():
+    scores = torch.tensor([[0.1, 0.9], [0.5, 0.2]])
+    assert top_heads(scores, k=2) == [(0, 1, pytest.approx(0.9)), (1, 0, 0.5)]
+    assert top_heads(scores, k=0) == [] and len(top_heads(scores, k=9)) == 4
+
+
+@pytest.mark.parametrize("shape", [(2, 1), (5,)])
+def test_token_losses_need_two_tokens_in_a_batch(tiny_gpt, shape):
+    with pytest.raises(ValueError, match="T >= 2"):
+        token_losses(tiny_gpt, torch.zeros(shape, dtype=torch.long))
+
+
+def test_mean_loss_rejects_targets_of_another_shape(tiny_gpt):
+    with pytest.raises(ValueError, match="same shape"):
+        mean_loss(tiny_gpt, _ids(), _ids()[:, :-1])
+
+
+@pytest.mark.parametrize("period", [np.int64(2), torch.tensor(2), np.int32(2)])
+def test_induction_score_accepts_numpy_and_torch_ints(period):
+    weights = torch.rand(3, 8, 8)
+    torch.testing.assert_close(
+        induction_score(weights, period), induction_score(weights, 2)
+    )
+
+
+@pytest.mark.parametrize("period", [True, 2.0, torch.tensor(2.0), "2"])
+def test_induction_score_rejects_other_periods(period):
+    with pytest.raises(ValueError, match="whole number"):
+        induction_score(torch.rand(3, 8, 8), period)

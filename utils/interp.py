@@ -17,6 +17,7 @@ Introduced in chapter 7.
 
 import contextlib
 import dataclasses
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,14 +212,63 @@ def token_losses(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, T - 1): entry t is the cross-entropy of predicting idx[:, t + 1].
 
+    Raises:
+        ValueError: idx is not (B, T) with T >= 2 (one token has no next token).
+
     Introduced in chapter 7.
     """
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(1) < 2:
+        raise ValueError(
+            "idx must be token ids of shape (B, T) with T >= 2, since a prediction "
+            f"needs a next token to score; got {_shape_text(idx)}"
+            + ("; for one sequence use idx[None]" if _is_1d(idx) else "")
+        )
     logits = model_logits(model, idx)[:, :-1]  # (B, T - 1, V)
     targets = idx[:, 1:]  # (B, T - 1)
     loss = F.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), reduction="none"
     )
     return loss.view(targets.shape)  # (B * (T - 1),) -> (B, T - 1)
+
+
+def copy_losses(losses: torch.Tensor, period: int) -> tuple[float, float]:
+    """The mean loss of the predictions inside each copy of a repeated block.
+
+    The ids end with a random block of P tokens written twice, after any prefix,
+    and entry t of `losses` scores the prediction of token t + 1 (`token_losses`).
+    Counting from the start of the block, entries 0 .. P - 2 predict tokens 1 .. P - 1
+    of the first copy and entries P .. 2P - 2 predict tokens 1 .. P - 1 of the
+    second. Entry P - 1 predicts the second copy's first token, which nothing can
+    foresee, so it belongs to neither; so does any prediction in the prefix.
+
+    Args:
+        losses: (B, N) losses from `token_losses`, N >= 2P - 1.
+        period: P, the block's length, at least 2.
+
+    Returns:
+        `(first, second)`: the mean over the P - 1 predictions of each copy and
+        the batch, in nats per token.
+
+    Raises:
+        ValueError: period < 2, or fewer than 2P - 1 predictions.
+
+    Introduced in chapter 7.
+    """
+    period = _whole_number(period, "period")
+    if not isinstance(losses, torch.Tensor) or losses.dim() != 2:
+        raise ValueError(
+            "losses must be a (B, N) tensor from token_losses, got "
+            f"{_shape_text(losses)}"
+        )
+    n_preds = losses.size(1)
+    if period < 2 or n_preds < 2 * period - 1:
+        raise ValueError(
+            f"need period >= 2 and at least 2 * period - 1 = {2 * period - 1} "
+            f"predictions, got period={period} and {n_preds} predictions"
+        )
+    first = losses[:, n_preds - 2 * period + 1 : n_preds - period]  # (B, P - 1)
+    second = losses[:, n_preds - period + 1 :]  # (B, P - 1)
+    return first.mean().item(), second.mean().item()
 
 
 # --- attention weights ------------------------------------------------------------
@@ -315,16 +365,18 @@ def ablate_heads(model: nn.Module, heads: Iterable[Head]) -> Iterator[None]:
 
     Args:
         model: the course's GPT or a LLaMA-style `transformers` causal LM.
-        heads: (layer, head) pairs; an empty list changes nothing.
+        heads: a list of (layer, head) pairs of ints, e.g. `[(0, 3)]`; an empty
+            list changes nothing.
 
     Raises:
+        TypeError: heads is not a list of (layer, head) pairs of whole numbers.
         ValueError: a layer or head index is out of range.
 
     Introduced in chapter 7.
     """
     parts = model_parts(model)
     by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
+    for layer, head in _head_pairs(heads):
         if not (0 <= layer < len(parts.blocks) and 0 <= head < parts.n_heads):
             raise ValueError(
                 f"head ({layer}, {head}) does not exist: the model has "
@@ -340,6 +392,27 @@ def ablate_heads(model: nn.Module, heads: Iterable[Head]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _head_pairs(heads: Any) -> list[Head]:
+    """heads as a list of (layer, head) ints, or a TypeError that shows the form."""
+    usage = "pass a list of (layer, head) pairs, e.g. [(0, 3)] or [(0, 3), (1, 2)]"
+    if isinstance(heads, torch.Tensor | str) or not isinstance(heads, Iterable):
+        raise TypeError(f"heads must be a list of pairs, got {heads!r}; {usage}")
+    pairs = []
+    for pair in heads:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise TypeError(
+                f"each entry of heads must be a (layer, head) pair, got {pair!r} in "
+                f"{heads!r}; {usage}"
+            )
+        try:
+            pairs.append(
+                (_whole_number(pair[0], "layer"), _whole_number(pair[1], "head"))
+            )
+        except ValueError as err:
+            raise TypeError(f"{err} in the pair {pair!r}; {usage}") from None
+    return pairs
 
 
 def _zero_heads_hook(heads: list[int], head_dim: int):
@@ -366,8 +439,16 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     Returns:
         The loss in nats per token.
 
+    Raises:
+        ValueError: x and y differ in shape.
+
     Introduced in chapter 7.
     """
+    if x.shape != y.shape:
+        raise ValueError(
+            f"x and y must have the same shape (B, T), got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}; y holds the next token of each position of x"
+        )
     logits = model_logits(model, x)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()).item()
 
@@ -467,13 +548,24 @@ def top_heads(scores: torch.Tensor, k: int = 5) -> list[tuple[int, int, float]]:
 
     Args:
         scores: (L, H) one number per head.
-        k: how many to return.
+        k: how many to return, at least 0; more than L * H returns all heads.
 
     Returns:
         `(layer, head, score)` triples.
 
+    Raises:
+        ValueError: scores is not a 2-D (L, H) tensor, or k < 0.
+
     Introduced in chapter 7.
     """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        raise ValueError(
+            "scores must be a 2-D tensor, one number per head (L, H), got "
+            f"{_shape_text(scores)}; average any batch axis first, e.g. .mean(dim=1)"
+        )
+    k = _whole_number(k, "k")
+    if k < 0:
+        raise ValueError(f"k must be >= 0 (how many heads to return), got {k}")
     n_heads = scores.size(1)
     best = scores.flatten().topk(min(k, scores.numel()))
     return [
@@ -533,9 +625,19 @@ def logit_lens(model: nn.Module, idx: torch.Tensor, position: int = -1) -> torch
     Returns:
         (L + 1, B, V) logits: row 0 from the embeddings, row l after block l - 1.
 
+    Raises:
+        ValueError: position is not a position of idx, in [-T, T).
+
     Introduced in chapter 7.
     """
     parts = model_parts(model)
+    position = _whole_number(position, "position")
+    seq_len = idx.size(-1) if isinstance(idx, torch.Tensor) and idx.dim() else 0
+    if not -seq_len <= position < seq_len:
+        raise ValueError(
+            f"position={position} is outside the sequence of T={seq_len} tokens; "
+            f"pass a position in [-{seq_len}, {seq_len}), e.g. -1 for the last token"
+        )
     streams = residual_stream(model, idx)  # (L + 1) x (B, T, D)
     stream = torch.stack([s[:, position] for s in streams])  # (L + 1, B, D)
     return parts.head(parts.final_norm(stream)).float()  # (L + 1, B, V)
@@ -546,13 +648,23 @@ def token_rank(logits: torch.Tensor, token_id: int) -> torch.Tensor:
 
     Args:
         logits: (..., V).
-        token_id: the token to look up.
+        token_id: the token to look up, in [0, V).
 
     Returns:
         (...) int64 ranks.
 
+    Raises:
+        ValueError: token_id is not a whole number in [0, V).
+
     Introduced in chapter 7.
     """
+    token_id = _whole_number(token_id, "token_id")
+    vocab_size = logits.size(-1)
+    if not 0 <= token_id < vocab_size:
+        raise ValueError(
+            f"token_id={token_id} is not in the vocabulary of V={vocab_size} tokens "
+            f"(ids 0 .. {vocab_size - 1}); take it from the tokenizer of this model"
+        )
     target = logits[..., token_id : token_id + 1]  # (..., 1)
     return (logits > target).sum(dim=-1)  # (..., V) -> (...)
 
@@ -563,15 +675,68 @@ def weight_on_keys(
     """The mean attention weight that queries put on a chosen set of keys, per head.
 
     Args:
-        maps: L tensors, each (B, H, T, T), e.g. from `attention_weights`.
+        maps: a list of L tensors, each (B, H, T, T), e.g. from `attention_weights`.
         key_mask: (B, T) bool, True at the keys of interest (newlines, say).
 
     Returns:
         (L, H): the weight on those keys, summed per query, averaged over the
         queries and the batch.
 
+    Raises:
+        TypeError: maps is a single tensor, or key_mask is not a bool tensor.
+        ValueError: a map is not (B, H, T, T), or key_mask is not (B, T).
+
     Introduced in chapter 7.
     """
+    _check_maps_and_mask(maps, key_mask)
     weights = torch.stack([m.float().cpu() for m in maps])  # (L, B, H, T, T)
     chosen = key_mask.cpu().float()[None, :, None, None, :]  # (1, B, 1, 1, T)
     return (weights * chosen).sum(dim=-1).mean(dim=(1, 3))  # (L, B, H, T) -> (L, H)
+
+
+def _check_maps_and_mask(maps: Any, key_mask: Any) -> None:
+    """Raise a TypeError or ValueError that says how maps or key_mask is wrong."""
+    if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence) or not maps:
+        raise TypeError(
+            f"maps must be a non-empty list of L tensors (B, H, T, T), got "
+            f"{_shape_text(maps)}; for one layer's maps pass [maps]"
+        )
+    shape = maps[0].shape if isinstance(maps[0], torch.Tensor) else None
+    for m in maps:
+        if not isinstance(m, torch.Tensor) or m.dim() != 4 or m.shape != shape:
+            raise ValueError(
+                "every map must be a (B, H, T, T) tensor of the same shape, got "
+                f"{[_shape_text(m) for m in maps]}"
+            )
+    if not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool:
+        raise TypeError(
+            "key_mask must be a bool tensor, True at the keys to score, got "
+            f"{_shape_text(key_mask)}; build it from the ids, e.g. idx == newline_id"
+        )
+    batch_size, seq_len = shape[0], shape[-1]
+    if key_mask.shape != (batch_size, seq_len):
+        raise ValueError(
+            f"key_mask must have shape (B, T) = {(batch_size, seq_len)}, the batch "
+            f"and keys of the maps, got {tuple(key_mask.shape)}"
+        )
+
+
+def _whole_number(value: Any, name: str) -> int:
+    """value as an int: Python, NumPy or 0-d torch integers pass, bools do not."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _shape_text(value: Any) -> str:
+    """A tensor as `tensor of shape (2, 3)`, anything else by its type."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _is_1d(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 1

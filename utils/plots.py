@@ -91,9 +91,9 @@ def plot_heatmap(
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
     if annotate:
-        middle = (values.max() + values.min()) / 2
         for (r, c), v in np.ndenumerate(values):
-            colour = "black" if v > middle else "white"
+            # dark text on the bright half of the colour scale, vmin/vmax included
+            colour = "black" if image.norm(v) > 0.5 else "white"
             ax.text(
                 c, r, f"{v:.2f}", ha="center", va="center", color=colour, fontsize=8
             )

@@ -1,12 +1,14 @@
 """Exercise checks for chapter 07 (Looking inside): the induction score of a head (7.1).
 
 The cases hand the learner's `induction_score` attention maps of sequences that end
-with a block of `period` tokens written twice: a perfect induction head, a
-previous-token head, and random causal maps of several shapes, with and without a
-prefix before the repeated block. A wrong score is compared with the scores that
-plausible mistakes give (the earlier copy itself instead of the token after it, all
-queries instead of the second copy's, a count from the start instead of the end, a
-sum instead of a mean, queries and keys swapped) to name the mistake.
+with a block of `period` tokens written twice: an induction head, a previous-token
+head, and random causal maps of several shapes, with and without a prefix before the
+repeated block. A wrong score is compared with the scores that plausible mistakes give
+(the earlier copy itself instead of the token after it, one key too far, all queries
+instead of the second copy's, the second copy without its first query, a count from
+the start instead of the end, a sum instead of a mean, queries and keys swapped) to
+name the mistake. A hint is given only when exactly one mistake explains the wrong
+score; the first case is built so that every mistake gives a different score there.
 """
 
 from typing import Any
@@ -75,8 +77,14 @@ def induction_cases() -> list[Case]:
     Introduced in chapter 7.
     """
     period = 4
-    # 0.9 on the token after the earlier copy, 0.1 on the earlier copy itself
-    induction = 0.9 * pattern_maps(8, 1 - period) + 0.1 * pattern_maps(8, -period)
+    # 0.6 on the token after the earlier copy, and some weight on its neighbours
+    # and on the query itself, so that each mistake scores differently
+    induction = (
+        0.6 * pattern_maps(8, 1 - period)
+        + 0.2 * pattern_maps(8, 2 - period)
+        + 0.1 * pattern_maps(8, -period)
+        + 0.1 * pattern_maps(8, 0)
+    )
     specs = [
         ("an induction head", induction, period, _KEY),
         ("a previous-token head", pattern_maps(8, -1), period, _KEY),
@@ -117,8 +125,16 @@ def induction_variant(weights: torch.Tensor, period: int, mistake: str) -> Any:
         return weights.diagonal(offset=-period, dim1=-2, dim2=-1)[..., -period:].mean(
             -1
         )
+    if mistake == "too_far":
+        if period < 2:
+            return None  # key t + 1 is in the future
+        return weights.diagonal(offset=2 - period, dim1=-2, dim2=-1)[
+            ..., -period:
+        ].mean(-1)
     if mistake == "all_queries":
         return diagonal.mean(dim=-1)
+    if mistake == "skip_first":
+        return diagonal[..., 1 - period :].mean(dim=-1) if period > 1 else None
     if mistake == "from_start":
         return diagonal[..., 1 : period + 1].mean(dim=-1)  # as if no prefix
     if mistake == "sum":
@@ -137,7 +153,19 @@ _MISTAKES = [
         "an induction head looks one further, at the token that followed it: "
         "key t - period + 1",
     ),
+    (
+        "too_far",
+        "you score key t - period + 2, one past the token that followed the earlier "
+        "copy; an induction head looks at key t - period + 1, the diagonal at "
+        "offset 1 - period",
+    ),
     ("all_queries", f"you average over every query on the diagonal; {_SECOND}"),
+    (
+        "skip_first",
+        "you leave out the first query of the second copy; it counts too (at the "
+        "second r_0 an induction head already looks at r_1): average over all "
+        "period queries, [..., -period:]",
+    ),
     ("from_start", f"you take the first period queries of the diagonal; {_END}"),
     ("sum", "you add the weights up; the score is their mean over the period queries"),
     ("swapped", f"you read the diagonal above the main one; {_AXES}"),
@@ -156,20 +184,24 @@ def diagnose_induction(case: Case, actual: Any) -> str | None:
 
     Introduced in chapter 7.
     """
-    if not isinstance(actual, torch.Tensor) or actual.shape != case.expected.shape:
-        if isinstance(actual, torch.Tensor) and actual.dim() == case.expected.dim() + 1:
+    expected = case.expected
+    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+        if isinstance(actual, torch.Tensor) and actual.shape == (*expected.shape, 1):
+            return "drop keepdim=True: return one score per map, shape (...)"
+        if isinstance(actual, torch.Tensor) and actual.dim() == expected.dim() + 1:
             return "reduce the last axis: return one score per map, shape (...)"
         return None
     weights, period = case.args
+    hints = []
     for mistake, hint in _MISTAKES:
         candidate = induction_variant(weights, period, mistake)
         if candidate is None or candidate.shape != actual.shape:
             continue
-        if compare_tensors(candidate, case.expected) is None:
+        if compare_tensors(candidate, expected) is None:
             continue  # this case cannot tell that mistake from the right answer
         if compare_tensors(candidate, actual) is None:
-            return hint
-    return None
+            hints.append(hint)
+    return hints[0] if len(hints) == 1 else None  # two mistakes fit: name neither
 
 
 def explain_induction_error(case: Case, err: Exception) -> str | None:

@@ -12,6 +12,8 @@ With period P, query t looks back P - 1 positions, so the score is the mean of t
 attention diagonal at offset -(P - 1), over the P queries of the second copy.
 """
 
+import operator
+
 import torch
 
 
@@ -32,7 +34,8 @@ def induction_score(weights: torch.Tensor, period: int) -> torch.Tensor:
 
     Raises:
         ValueError: weights has fewer than 2 dims or is not square in its last two,
-            or period is not a whole number in [1, T / 2].
+            or period is not a whole number in [1, T / 2] (Python, NumPy and 0-d
+            torch integers are accepted).
 
     Introduced in chapter 7.
     """
@@ -47,8 +50,13 @@ def induction_score(weights: torch.Tensor, period: int) -> torch.Tensor:
             f"weights must be square in the last two dims (queries, keys), got "
             f"{tuple(weights.shape)}"
         )
-    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-        raise ValueError(f"period must be a whole number >= 1, got {period!r}")
+    given = period
+    try:  # Python, NumPy and 0-d torch integers count; bools and floats do not
+        period = -1 if isinstance(period, bool) else operator.index(period)
+    except TypeError:
+        period = -1
+    if period < 1:
+        raise ValueError(f"period must be a whole number >= 1, got {given!r}")
     if 2 * period > seq_len:
         raise ValueError(
             f"two copies of period={period} need 2 * period <= T={seq_len} tokens"
