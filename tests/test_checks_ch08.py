@@ -80,7 +80,8 @@ def _lora(mistake: str = ""):
             self.base = base
             if mistake != "trainable_base":
                 base.requires_grad_(False)
-            self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) * 0.01)
+            scale_a = 0.0 if mistake == "zero_a" else 0.01
+            self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) * scale_a)
             init = torch.randn if mistake == "random_b" else torch.zeros
             self.lora_B = nn.Parameter(init(base.out_features, rank))
             self.scale = {"alpha": alpha, "none": 1.0, "inverse": rank / alpha}.get(
@@ -88,7 +89,20 @@ def _lora(mistake: str = ""):
             )
 
         def forward(self, x):
-            return self.base(x) + self.scale * (x @ self.lora_A.T @ self.lora_B.T)
+            a, b = self.lora_A, self.lora_B
+            products = {
+                "b_not_transposed": lambda: x @ a.T @ b,
+                "b_before_a": lambda: x @ b.T @ a.T,
+                "delta_not_transposed": lambda: x @ (b @ a),
+            }
+            update = products.get(mistake, lambda: x @ a.T @ b.T)()
+            if mistake == "forward_stub":
+                raise NotImplementedError("Exercise 8.2")
+            if mistake == "no_bias":
+                return x @ self.base.weight.T + self.scale * update
+            if mistake == "update_only":
+                return self.scale * update
+            return self.base(x) + self.scale * update
 
     return MyLoRA
 
@@ -107,10 +121,59 @@ def test_lora_accepts_right_answers(answer, capsys):
         ("inverse", "upside down"),
         ("random_b", "initialise lora_B with zeros"),
         ("trainable_base", "freeze the base layer"),
+        ("zero_a", "neither ever gets a gradient"),
+        ("no_bias", "drops the base layer's bias"),
+        ("update_only", "you return only the update"),
     ],
 )
 def test_lora_rejects_mistakes(mistake, hint):
     assert hint in failure_message("8.2", _lora(mistake))
+
+
+def test_lora_bias_dropped_is_not_blamed_on_b():
+    assert "initialise lora_B" not in failure_message("8.2", _lora("no_bias"))
+
+
+def test_lora_forward_stub_is_reported_not_raised():
+    message = failure_message("8.2", _lora("forward_stub"))
+    assert "forward is not attempted yet" in message
+    assert "now write forward" in message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("b_not_transposed", "lora_B is (out, rank): transpose it"),
+        ("b_before_a", "lora_B is applied before lora_A"),
+        ("delta_not_transposed", "x @ (lora_B @ lora_A).T"),
+    ],
+)
+def test_lora_shape_bugs_are_reported_with_hint(mistake, hint):
+    message = failure_message("8.2", _lora(mistake))
+    assert "forward raised RuntimeError" in message
+    assert "at line" in message  # the learner's own line that raised
+    assert hint in message
+
+
+def test_lora_dtype_error_is_not_blamed_on_shapes():
+    class Double(_lora()):
+        def __init__(self, base, rank, alpha):
+            super().__init__(base, rank, alpha)
+            self.lora_A = nn.Parameter(self.lora_A.double())
+
+    message = failure_message("8.2", Double)
+    assert "share a dtype" in message
+    assert "transpose" not in message
+
+
+def test_lora_other_forward_error_is_reported():
+    class Typo(_lora()):
+        def forward(self, x):
+            return self.base(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+    message = failure_message("8.2", Typo)
+    assert "forward raised AttributeError" in message
+    assert "scaling" in message
 
 
 def test_lora_rejects_wrong_shapes():
@@ -148,6 +211,12 @@ def _labels(mistake: str = ""):
     return labels
 
 
+def _labels_in_place(input_ids, attention_mask, prompt_lengths):
+    t = torch.arange(input_ids.size(1))[None, :]
+    keep = (t >= prompt_lengths[:, None]) & (attention_mask == 1)
+    return input_ids.masked_fill_(~keep, -100)  # right values, but input_ids is lost
+
+
 @pytest.mark.parametrize("answer", [answer_labels, _labels()])
 def test_labels_accept_right_answers(answer, capsys):
     check_exercise("8.3", answer)
@@ -166,6 +235,12 @@ def test_labels_accept_right_answers(answer, capsys):
 )
 def test_labels_reject_mistakes(mistake, hint):
     assert hint in failure_message("8.3", _labels(mistake))
+
+
+def test_labels_reject_an_edit_in_place():
+    message = failure_message("8.3", _labels_in_place)
+    assert "changed its argument input_ids in place" in message
+    assert "clone()" in message
 
 
 def test_lora_cases_scale_differs_from_alpha():

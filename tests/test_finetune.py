@@ -133,6 +133,26 @@ def test_spam_scores_and_confusion():
         spam_scores([], [])
 
 
+@pytest.mark.parametrize(
+    ("predicted", "gold", "match"),
+    [
+        (["Ham"], ["ham"], r"predicted holds labels .*\['Ham'\]; .*case included"),
+        (["ham"], ["SPAM"], r"gold holds labels that are not among \('ham', 'spam'\)"),
+        ([0, 1], ["ham", "spam"], r"\[0, 1\]"),
+        (["ham"], ["ham", "spam"], "equal, non-empty"),
+    ],
+)
+@pytest.mark.parametrize("metric", [spam_scores, confusion_counts])
+def test_metrics_reject_unknown_labels(metric, predicted, gold, match):
+    with pytest.raises(ValueError, match=match):
+        metric(predicted, gold)
+
+
+def test_spam_scores_rejects_unknown_positive():
+    with pytest.raises(ValueError, match="positive='Spam' is not one of"):
+        spam_scores(["ham"], ["ham"], positive="Spam")
+
+
 def test_ignore_value_shared_by_labels_and_loss():
     default = inspect.signature(F.cross_entropy).parameters["ignore_index"].default
     assert IGNORE_INDEX == default == -100
@@ -150,6 +170,36 @@ def test_answer_labels_keep_end_of_turn_equal_to_pad():
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     labels = answer_labels(ids, mask, torch.tensor([2, 3]))
     assert labels.tolist() == [[-100, -100, 7, 2, -100], [-100, -100, -100, 9, 2]]
+
+
+@pytest.mark.parametrize(
+    ("prompt_lengths", "error", "match"),
+    [
+        (
+            2,
+            TypeError,
+            r"prompt_lengths must be a torch.Tensor of shape \(B,\).*got int",
+        ),
+        ([2, 3], TypeError, r"got list; wrap it, e.g. torch.tensor\(prompt_lengths\)"),
+        (torch.tensor([2, 3, 4]), ValueError, r"must be \(B,\) = \(2,\)"),
+        (torch.tensor(2), ValueError, r"got shape \(\)"),
+    ],
+)
+def test_answer_labels_rejects_bad_prompt_lengths(prompt_lengths, error, match):
+    ids = torch.tensor([[5, 6, 7, 2], [5, 6, 8, 2]])
+    with pytest.raises(error, match=match):
+        answer_labels(ids, torch.ones_like(ids), prompt_lengths)
+
+
+def test_answer_labels_rejects_mismatched_mask():
+    ids = torch.tensor([[5, 6, 7, 2], [5, 6, 8, 2]])
+    with pytest.raises(ValueError, match="same shape"):
+        answer_labels(ids, torch.ones(2, 3), torch.tensor([1, 2]))
+
+
+def test_pad_examples_rejects_empty_list():
+    with pytest.raises(ValueError, match="at least one InstructionExample"):
+        pad_examples([], pad_id=2)
 
 
 def test_instruction_example_matches_chapter_1_prompt(smollm2_tokenizer):

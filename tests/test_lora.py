@@ -102,6 +102,21 @@ def test_lora_bad_arguments(kwargs, error, match):
         LoRALinear(**args)
 
 
+@pytest.mark.parametrize(
+    ("x", "error", "match"),
+    [
+        (torch.randn(3, 5), ValueError, r"last dim must be in=6.*got shape \(3, 5\)"),
+        (torch.randn(6, 3), ValueError, "feature dim last"),
+        (torch.tensor(1.0), ValueError, "in=6"),
+        ([[0.0] * 6], TypeError, "needs a torch.Tensor, got list"),
+    ],
+)
+def test_lora_rejects_wrong_input(x, error, match):
+    layer = LoRALinear(nn.Linear(6, 4), rank=2, alpha=4.0)
+    with pytest.raises(error, match=match):
+        layer(x)
+
+
 def test_inject_lora_by_name_and_layer(tiny_llama):
     model, _ = tiny_llama
     names = inject_lora(model, ["q_proj", "v_proj"], rank=2, alpha=4, layers=[1])
@@ -139,6 +154,7 @@ def test_merge_lora_whole_model(tiny_llama):
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 def test_lora_equals_peft_with_same_weights(tiny_llama):
     import copy
 

@@ -201,22 +201,34 @@ def predict_classifier(
 
 
 def spam_scores(
-    predicted: Sequence[str], gold: Sequence[str], positive: str = "spam"
+    predicted: Sequence[str],
+    gold: Sequence[str],
+    positive: str = "spam",
+    labels: Sequence[str] = SPAM_LABELS,
 ) -> dict[str, float]:
     """Accuracy, and precision, recall and F1 of the `positive` class.
 
     F1 is the harmonic mean of precision (how many predicted spams are spam) and
     recall (how many spams were found); it is 0 when no spam is found.
 
+    Args:
+        predicted, gold: one label per message, each one of `labels`.
+        positive: the class whose precision, recall and F1 are computed.
+        labels: every label allowed; labels are compared exactly ("Ham" is not
+            "ham").
+
     Returns:
         `{"accuracy", "precision", "recall", "f1"}`.
 
+    Raises:
+        ValueError: the lists differ in length or are empty, or hold a label
+            outside `labels`.
+
     Introduced in chapter 8.
     """
-    if len(predicted) != len(gold) or not gold:
-        raise ValueError(
-            f"need two equal, non-empty lists, got {len(predicted)} and {len(gold)}"
-        )
+    _check_labels(predicted, gold, labels)
+    if positive not in labels:
+        raise ValueError(f"positive={positive!r} is not one of {tuple(labels)}")
     pairs = list(zip(predicted, gold, strict=True))
     hits = sum(p == positive and g == positive for p, g in pairs)
     claimed = sum(p == positive for p in predicted)
@@ -233,12 +245,35 @@ def confusion_counts(
 ) -> torch.Tensor:
     """(n_labels, n_labels) counts: row = true label, column = predicted label.
 
+    Raises:
+        ValueError: as `spam_scores`.
+
     Introduced in chapter 8.
     """
+    _check_labels(predicted, gold, labels)
+    labels = list(labels)
     counts = torch.zeros(len(labels), len(labels), dtype=torch.long)
     for p, g in zip(predicted, gold, strict=True):
         counts[labels.index(g), labels.index(p)] += 1
     return counts
+
+
+def _check_labels(
+    predicted: Sequence[str], gold: Sequence[str], labels: Sequence[str]
+) -> None:
+    """Equal, non-empty lists whose every entry is one of `labels`."""
+    if len(predicted) != len(gold) or not gold:
+        raise ValueError(
+            f"need two equal, non-empty lists, got {len(predicted)} and {len(gold)}"
+        )
+    for name, values in (("predicted", predicted), ("gold", gold)):
+        unknown = [v for v in dict.fromkeys(values) if v not in labels]
+        if unknown:
+            raise ValueError(
+                f"{name} holds labels that are not among {tuple(labels)}: "
+                f"{unknown[:5]}; labels must match exactly (case included), e.g. "
+                f"map them first with [label.lower() for label in {name}]"
+            )
 
 
 # --- instruction data for a chat model -----------------------------------------------
@@ -318,19 +353,58 @@ def answer_labels(
     Returns:
         (B, T) int64 labels.
 
+    Raises:
+        TypeError: an argument is not a tensor.
+        ValueError: the shapes do not describe one batch.
+
     Introduced in chapter 8.
     """
+    _check_label_inputs(input_ids, attention_mask, prompt_lengths)
     positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (T,)
     answer = positions[None, :] >= prompt_lengths[:, None]  # (B, T)
     keep = answer & attention_mask.bool()
     return torch.where(keep, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
 
+def _check_label_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+) -> None:
+    args = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "prompt_lengths": prompt_lengths,
+    }
+    for name, value in args.items():
+        if not isinstance(value, torch.Tensor):
+            shape = "(B,), one length per row" if name == "prompt_lengths" else "(B, T)"
+            raise TypeError(
+                f"{name} must be a torch.Tensor of shape {shape}, got "
+                f"{type(value).__name__}; wrap it, e.g. torch.tensor({name})"
+            )
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            "need input_ids and attention_mask of the same shape (B, T), got "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
+    if prompt_lengths.shape != input_ids.shape[:1]:
+        raise ValueError(
+            f"prompt_lengths must be (B,) = ({input_ids.size(0)},), one length per "
+            f"row, got shape {tuple(prompt_lengths.shape)}"
+        )
+
+
 def pad_examples(examples: Sequence[InstructionExample], pad_id: int) -> Batch:
     """Right-pad examples into `input_ids`, `attention_mask` and `labels` (B, T).
 
+    Raises:
+        ValueError: `examples` is empty.
+
     Introduced in chapter 8.
     """
+    if len(examples) == 0:
+        raise ValueError(
+            "pad_examples needs at least one InstructionExample, got an empty list"
+        )
     length = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)

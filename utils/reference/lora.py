@@ -65,7 +65,13 @@ class LoRALinear(nn.Module):
         return self.scale * (self.lora_B @ self.lora_A)  # (out, r) @ (r, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out)."""
+        """(..., in) -> (..., out).
+
+        Raises:
+            TypeError: `x` is not a tensor.
+            ValueError: the last dimension of `x` is not the base layer's `in`.
+        """
+        _check_input(x, self.base.in_features)
         y = self.base(x)
         if self.merged:
             return y  # the update already sits inside base.weight
@@ -92,6 +98,17 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, scale={self.scale:g}"
+
+
+def _check_input(x: torch.Tensor, in_features: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"LoRALinear needs a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.size(-1) != in_features:
+        raise ValueError(
+            f"the input's last dim must be in={in_features}, the base layer's "
+            f"in_features, got shape {tuple(x.shape)}; is this the layer you meant "
+            "to wrap, and is the feature dim last?"
+        )
 
 
 def _check_lora_args(base: nn.Module, rank: int, alpha: float, dropout: float) -> None:
