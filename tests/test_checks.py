@@ -4,9 +4,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import failure_message
 
 from utils.checks import EXERCISES, Exercise, check_exercise, register
-from utils.checks.core import compare_ints, compare_tensors, format_value
+from utils.checks.core import Case, compare_ints, compare_tensors, format_value
 from utils.reference import ArchConfig, count_parameters, softmax
 
 # --- plausible wrong answers, written independently of the reference
@@ -265,3 +266,77 @@ def test_softmax_reference_matches_torch(
     torch.manual_seed(0)
     x = scale * torch.randn(shape)
     torch.testing.assert_close(softmax(x, dim=dim), torch.softmax(x, dim=dim))
+
+
+# --- reports: types, containers, inputs edited in place
+
+
+def test_compare_tensors_float_advice_is_about_tensors() -> None:
+    problem = compare_tensors(torch.tensor([0.5]), 0.5)
+    assert "got a Python float" in problem and "return the tensor itself" in problem
+    assert "//" not in problem
+    assert "//" in compare_ints(12, 12.0)  # an int exercise keeps its advice
+
+
+def test_format_value_summarises_dicts_and_long_lists() -> None:
+    value = {"k": torch.zeros(2, 2, 8, 4), "n": 3, "ids": list(range(500))}
+    text = format_value(value)
+    assert text == (
+        "dict {'k': tensor of shape (2, 2, 8, 4), 'n': 3, 'ids': list of 500 items}"
+    )
+    assert format_value(list(range(1000, 1020))).endswith("1011, ... 8 more]")
+    assert len(format_value(object.__new__(_LongRepr))) == 600
+
+
+class _LongRepr:
+    def __repr__(self) -> str:
+        return "x" * 5000
+
+
+def _toy_exercise(keep_inputs: bool) -> Exercise:
+    """Doubling a tensor, with two cases, not registered (see the fixture below)."""
+
+    def cases() -> list[Case]:
+        return [
+            Case("zeros", (torch.zeros(3),), torch.zeros(3), "double it"),
+            Case("ones", (torch.ones(3),), 2 * torch.ones(3), "double it"),
+        ]
+
+    return Exercise("99.1", "Double", cases, keep_inputs=keep_inputs)
+
+
+@pytest.fixture()
+def toy(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    def install(keep_inputs: bool) -> None:
+        monkeypatch.setitem(EXERCISES, "99.1", _toy_exercise(keep_inputs))
+
+    return install
+
+
+def _double_in_place(values: torch.Tensor) -> torch.Tensor:
+    return values.mul_(2).add_(1)  # edits the caller's tensor, and is wrong
+
+
+def test_call_line_shows_inputs_before_the_call(toy) -> None:
+    toy(False)
+    message = failure_message("99.1", _double_in_place)
+    assert "call: _double_in_place(tensor([0., 0., 0.]))" in message
+    assert "got: tensor([1., 1., 1.])" in message
+
+
+def test_keep_inputs_reports_an_edited_argument(toy) -> None:
+    toy(True)
+    message = failure_message("99.1", _double_in_place)
+    assert "changed its input values in place" in message
+    assert (
+        "3 of 3 values changed; first at index (0,): was 0.0000, now 1.0000" in message
+    )
+    assert "not values /= s" in message
+
+
+def test_keep_inputs_accepts_a_fresh_result(
+    toy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toy(True)
+    check_exercise("99.1", lambda values: values * 2)
+    assert capsys.readouterr().out == "Exercise 99.1: passed 2/2 checks\n"

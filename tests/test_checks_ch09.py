@@ -16,6 +16,7 @@ from conftest import failure_message
 import utils.checks.ch09  # noqa: F401  (registers 9.1 to 9.3)
 from utils.checks import EXERCISES, check_exercise
 from utils.checks.ch09 import gqa_variant
+from utils.reference.attention import causal_mask
 from utils.reference.block import RMSNorm
 from utils.reference.llama import kv_cache_update
 
@@ -64,6 +65,16 @@ def test_rms_norm_checker_names_mistake(mistake, phrase):
     assert phrase in failure_message("9.1", _rms_norm(mistake))
 
 
+def test_rms_norm_checker_rejects_editing_x_in_place():
+    def rms_norm(x, weight, eps=1e-5):
+        x /= torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)  # right values
+        return x * weight
+
+    message = failure_message("9.1", rms_norm)
+    assert "changed its input x in place" in message
+    assert "call: rms_norm(tensor([[3., -4., 0., 1.]])" in message  # as passed
+
+
 # --- 9.2
 
 
@@ -76,14 +87,26 @@ def _gqa(mistake: str = ""):
             k = k.repeat_interleave(n_rep, dim=1)
             v = v.repeat_interleave(n_rep, dim=1)
         scores = q @ k.transpose(-2, -1)
-        if mistake != "no_scale":
+        if mistake == "scale_dh":
+            scores = scores / q.size(-1)
+        elif mistake != "no_scale":
             scores = scores / math.sqrt(q.size(-1))
         if is_causal:
             seq_len, kv_len = q.size(-2), k.size(-2)
-            shift = 1 if mistake == "top_left" else kv_len - seq_len + 1
+            shift = {
+                "top_left": 1,
+                "one_too_many": kv_len - seq_len,
+                "one_too_few": kv_len - seq_len + 2,
+            }.get(mistake, kv_len - seq_len + 1)
+            if mistake == "square_mask":  # (T, T), as if nothing were cached
+                kv_len = seq_len
             blocked = torch.ones(seq_len, kv_len, dtype=torch.bool).triu(shift)
-            scores = scores.masked_fill(blocked, float("-inf"))
-        return torch.softmax(scores, dim=-1) @ v
+            if mistake == "inverted":
+                blocked = ~blocked
+            fill = 0.0 if mistake == "mask_zero" else float("-inf")
+            scores = scores.masked_fill(blocked, fill)
+        dim = -2 if mistake == "softmax_dim2" else -1
+        return torch.softmax(scores, dim=dim) @ v
 
     return grouped_query_attention
 
@@ -101,10 +124,51 @@ def test_gqa_checker_accepts_reference_and_learner(capsys):
         ("no_scale", "sqrt(Dh)"),
         ("top_left", "LAST T positions"),
         ("no_repeat", "repeat the key/value heads"),
+        ("mask_zero", "fill them with float('-inf')"),
+        ("one_too_many", "one key too many"),
+        ("one_too_few", "one future key"),
+        ("square_mask", "causal_mask(T, S)"),
+        ("softmax_dim2", "softmax(scores, dim=-1)"),
+        ("scale_dh", "divided by Dh; divide by sqrt(Dh)"),
+        ("inverted", "your mask is inverted"),
     ],
 )
 def test_gqa_checker_names_mistake(mistake, phrase):
     assert phrase in failure_message("9.2", _gqa(mistake))
+
+
+def test_gqa_checker_tells_the_square_mask_from_unrepeated_heads():
+    message = failure_message("9.2", _gqa("square_mask"))
+    assert "check 5/5" in message and "(T, S) = (2, 5)" in message
+    assert "repeat the key/value heads" not in message
+    assert "(T, T) mask" not in failure_message("9.2", _gqa("no_repeat"))
+
+
+def test_gqa_checker_names_an_inverted_sdpa_mask():
+    def grouped_query_attention(q, k, v, is_causal=False):
+        n_rep = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1)
+        mask = causal_mask(q.size(-2), k.size(-2)) if is_causal else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    assert "attn_mask=~causal_mask(T, S)" in failure_message(
+        "9.2", grouped_query_attention
+    )
+
+
+def test_gqa_checker_names_the_nan_of_a_fully_blocked_row():
+    message = failure_message("9.2", _gqa("one_too_many"))
+    assert "NaN" in message and "check 3/5" in message
+
+
+def test_gqa_checker_rejects_scaling_q_in_place():
+    def grouped_query_attention(q, k, v, is_causal=False):
+        q /= math.sqrt(q.size(-1))
+        return _gqa()(q * math.sqrt(q.size(-1)), k, v, is_causal)
+
+    assert "changed its input q in place" in failure_message(
+        "9.2", grouped_query_attention
+    )
 
 
 def test_gqa_reference_matches_torch_enable_gqa():
@@ -132,6 +196,8 @@ def _update(mistake: str = ""):
             return cache_k, cache_v
         if mistake == "new_only":
             return k, v
+        if mistake == "clone":
+            return cache_k[:, :, :end].clone(), cache_v[:, :, :end].clone()
         return cache_k[:, :, :end], cache_v[:, :, :end]
 
     return cache_update
@@ -150,10 +216,38 @@ def test_cache_checker_accepts_reference_and_learner(capsys):
         ("late", "one position late"),
         ("whole", "whole buffer"),
         ("new_only", "only the new keys"),
+        ("clone", "return views of the buffers, not copies"),
     ],
 )
 def test_cache_checker_names_mistake(mistake, phrase):
     assert phrase in failure_message("9.3", _update(mistake))
+
+
+def test_cache_checker_rejects_writing_into_a_copy():
+    def cache_update(cache_k, cache_v, k, v, start):
+        return _update()(cache_k.clone(), cache_v.clone(), k, v, start)
+
+    message = failure_message("9.3", cache_update)
+    assert "buffer cache_k does not hold the new positions" in message
+    assert ".clone() build new tensors" in message
+
+
+def test_cache_checker_shows_the_buffers_as_passed():
+    message = failure_message("9.3", _update("late"))
+    # the call line shows the empty cache of check 1, not the one the answer wrote
+    assert (
+        "call: cache_update(tensor of shape (2, 2, 8, 4), starting [0., 0., 0., "
+        "0., 0., 0., ...]" in message
+    )
+
+
+def test_cache_checker_summarises_a_dict():
+    def cache_update(cache_k, cache_v, k, v, start):
+        return {"keys": kv_cache_update(cache_k, cache_v, k, v, start)[0]}
+
+    message = failure_message("9.3", cache_update)
+    assert "got: dict {'keys': tensor of shape (2, 2, 3, 4)}" in message
+    assert "expected a pair (keys, values), got dict" in message
 
 
 @pytest.mark.parametrize("exercise_id", ["9.1", "9.2", "9.3"])

@@ -113,11 +113,32 @@ def test_llama_config_rejects_bad_groups():
 
 
 @pytest.mark.parametrize(
+    ("sizes", "error", "match"),
+    [
+        ({"n_kv_heads": 0}, ValueError, r"n_kv_heads \(H_kv.*at least 1, got 0"),
+        ({"n_heads": -3}, ValueError, "n_heads .* at least 1"),
+        ({"d_model": 0}, ValueError, "d_model"),
+        ({"vocab_size": 0}, ValueError, "vocab_size"),
+        ({"d_ff": 1536.0}, TypeError, "d_ff .* whole number, got float"),
+        ({"rope_theta": 0.0}, ValueError, "rope_theta must be > 0"),
+    ],
+)
+def test_llama_config_rejects_bad_sizes(sizes, error, match):
+    with pytest.raises(error, match=match):
+        LlamaConfig(**sizes)
+
+
+@pytest.mark.parametrize(
     ("idx", "match"),
     [
         (torch.zeros(5, dtype=torch.long), r"\(B, T\) integer"),
         (torch.zeros(1, 5), r"\(B, T\) integer"),
+        (torch.zeros(1, 5, dtype=torch.bool), r"\(B, T\) integer"),
         (torch.zeros(1, 65, dtype=torch.long), "exceed the limit of 64"),
+        (torch.zeros(1, 0, dtype=torch.long), "no tokens"),
+        (torch.zeros(0, 4, dtype=torch.long), "no tokens"),
+        (torch.tensor([[1, 97]]), r"0\.\.96 .* from 1 to 97"),
+        (torch.tensor([[5, -100]]), "from -100 to 5"),
     ],
 )
 def test_llama_rejects_bad_input(idx, match):
@@ -128,6 +149,36 @@ def test_llama_rejects_bad_input(idx, match):
 def test_generate_rejects_too_long():
     with pytest.raises(ValueError, match="exceeds the context of 64"):
         generate(from_hf(tiny_hf()), torch.zeros(1, 60, dtype=torch.long), 5)
+
+
+@pytest.mark.parametrize(
+    ("max_new_tokens", "error", "match"),
+    [
+        (-3, ValueError, "must be >= 0, got -3"),
+        (3.0, TypeError, "whole number, got float 3.0"),
+        (True, TypeError, "whole number, got bool"),
+    ],
+)
+def test_generate_rejects_bad_max_new_tokens(max_new_tokens, error, match):
+    with pytest.raises(error, match=match):
+        generate(
+            from_hf(tiny_hf()), torch.zeros(1, 4, dtype=torch.long), max_new_tokens
+        )
+
+
+def test_generate_zero_new_tokens_returns_the_prompt():
+    idx = torch.randint(0, 97, (2, 4))
+    assert torch.equal(generate(from_hf(tiny_hf()), idx, 0), idx)
+
+
+def test_generate_rejects_out_of_vocab_prompt():
+    with pytest.raises(ValueError, match="token ids must lie in 0..96"):
+        generate(from_hf(tiny_hf()), torch.tensor([[3, 200]]), 2)
+
+
+def test_swiglu_rejects_wrong_width():
+    with pytest.raises(ValueError, match=r"d_model=8, got shape \(2, 3, 12\)"):
+        SwiGLU(8, 12)(torch.randn(2, 3, 12))
 
 
 def test_kv_bytes_per_token_smollm2():

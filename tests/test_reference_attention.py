@@ -347,6 +347,20 @@ def test_repeat_kv_equals_repeat_interleave() -> None:
     assert repeat_kv(k, 1) is k
 
 
+@pytest.mark.parametrize(
+    ("x", "n_rep", "match"),
+    [
+        (torch.zeros(1, 2, 5, DH), 0, r"got 0; H_kv // H gives 0"),
+        (torch.zeros(1, 2, 5, DH), -1, "n_rep must be"),
+        (torch.zeros(1, 2, 5, DH), 1.5, "n_rep must be"),
+        (torch.zeros(2, 5, DH), 2, r"\(B, H_kv, S, Dh\), got shape \(2, 5, 8\)"),
+    ],
+)
+def test_repeat_kv_rejects_bad_input(x: torch.Tensor, n_rep: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        repeat_kv(x, n_rep)
+
+
 def test_mha_dropout_only_in_training() -> None:
     torch.manual_seed(0)
     mha = MultiHeadAttention(D, H, dropout=0.5)

@@ -4,11 +4,16 @@
 - 9.2 `grouped_query_attention(q, k, v, is_causal)` against PyTorch's attention on
   keys and values repeated per group (`repeat_kv`).
 - 9.3 `cache_update(cache_k, cache_v, k, v, start)`: the returned views are compared
-  with the reference's, and the buffers themselves must hold the new keys and values
-  afterwards (the point of a preallocated cache is that nothing else is copied).
+  with the reference's, the buffers themselves must hold the new keys and values
+  afterwards, and the results must share the buffers' memory (the point of a
+  preallocated cache is that nothing else is copied).
+
+9.1 and 9.2 must leave their inputs unchanged (`keep_inputs`); 9.3 writes into its
+buffers on purpose.
 """
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,14 +119,38 @@ _CAUSAL_SHIFT = (
     "0..S-T+i. Build the mask with causal_mask(T, S) from chapter 03; "
     "F.scaled_dot_product_attention's is_causal aligns it to the top-left instead"
 )
+_INVERTED = (
+    "your mask is inverted: each query sees its future and not its past. "
+    "causal_mask(T, S) is True where a query may NOT look (scores.masked_fill(mask, "
+    "float('-inf'))), while F.scaled_dot_product_attention's boolean attn_mask is "
+    "True where it MAY look: pass attn_mask=~causal_mask(T, S)"
+)
 _GQA_MISTAKES = {
     "tiled": "the key/value heads are repeated in the wrong order: k.repeat(1, n, 1, "
     "1) gives heads 0, 1, 0, 1; query heads 0 and 1 share head 0, so repeat each "
     "head in a row (repeat_interleave, or repeat_kv)",
     "no_scale": "the scores are not divided by sqrt(Dh)",
+    "scale_dh": "the scores are divided by Dh; divide by sqrt(Dh), "
+    "math.sqrt(q.size(-1)), so that they keep a variance near 1",
+    "softmax_queries_axis": "the softmax runs over the queries (dim=-2); each query's "
+    "weights over the keys must sum to 1, so use softmax(scores, dim=-1)",
     "no_causal": "is_causal is ignored: block each query's future keys",
+    "mask_zero": "the blocked scores are set to 0, and exp(0) = 1 still gives those "
+    "keys weight; fill them with float('-inf') so that softmax gives them 0",
+    "one_too_many": "your mask also blocks each query's own position (one key too "
+    "many): query i sits at position S-T+i and may look at keys 0..S-T+i, itself "
+    "included. With S = T the first query then sees no key at all and softmax of a "
+    "row of -inf is NaN. Block only keys after the query: causal_mask(T, S)",
+    "one_too_few": "your mask lets each query see one future key: block every key "
+    "after the query's own position S-T+i, causal_mask(T, S)",
     "top_left": _CAUSAL_SHIFT,
+    "inverted": _INVERTED,
+    "inverted_sdpa": _INVERTED,  # SDPA gives 0, not NaN, where a row sees nothing
 }
+_PLAIN = (
+    "with H_kv = H this is ordinary multi-head attention: "
+    "softmax(q @ k^T / sqrt(Dh), dim=-1) @ v"
+)
 
 
 def gqa_variant(
@@ -133,6 +162,9 @@ def gqa_variant(
 ) -> torch.Tensor:
     """What a grouped_query_attention with one plausible `mistake` returns.
 
+    PyTorch's attention computes the right answer and the mistakes it can express
+    (scale, mask); the others are written out by hand.
+
     Introduced in chapter 9.
     """
     n_rep = q.size(1) // k.size(1)
@@ -140,14 +172,29 @@ def gqa_variant(
         k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
     else:
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, Dh)
-    scale = 1.0 if mistake == "no_scale" else None
-    seq_len, kv_len = q.size(-2), k.size(-2)
-    if is_causal and mistake == "top_left":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    keep = None
-    if is_causal and mistake != "no_causal":
-        keep = ~causal_mask(seq_len, kv_len)  # (T, S), True where a query may look
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+    head_dim, seq_len, kv_len = q.size(-1), q.size(-2), k.size(-2)
+    scale = {"no_scale": 1.0, "scale_dh": 1 / head_dim}.get(mistake)
+    by_hand = ("mask_zero", "one_too_many", "one_too_few", "inverted")
+    if mistake not in (*by_hand, "softmax_queries_axis"):
+        keep = None  # True where a query may look
+        if is_causal and mistake == "top_left":
+            keep = ~torch.ones(seq_len, kv_len, dtype=torch.bool).triu(1)
+        elif is_causal and mistake == "inverted_sdpa":
+            keep = causal_mask(seq_len, kv_len)
+        elif is_causal and mistake != "no_causal":
+            keep = ~causal_mask(seq_len, kv_len)  # (T, S)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)  # (B, H, T, S)
+    if is_causal:
+        shift = {"one_too_many": 0, "one_too_few": 2}.get(mistake, 1)
+        blocked = torch.ones(seq_len, kv_len, dtype=torch.bool)
+        blocked = blocked.triu(kv_len - seq_len + shift)  # (T, S)
+        if mistake == "inverted":
+            blocked = ~blocked
+        fill = 0.0 if mistake == "mask_zero" else float("-inf")
+        scores = scores.masked_fill(blocked, fill)
+    dim = -2 if mistake == "softmax_queries_axis" else -1
+    return torch.softmax(scores, dim=dim) @ v  # (B, H, T, Dh)
 
 
 def _gqa_case(name, n_heads, n_kv_heads, seq_len, kv_len, is_causal, seed, hint):
@@ -166,9 +213,8 @@ def gqa_cases() -> list[Case]:
 
     Introduced in chapter 9.
     """
-    plain = "with H_kv = H this is ordinary multi-head attention"
     return [
-        _gqa_case("H_kv = H (no sharing)", 2, 2, 3, 3, False, 0, plain),
+        _gqa_case("H_kv = H (no sharing)", 2, 2, 3, 3, False, 0, _PLAIN),
         _gqa_case("H = 4, H_kv = 2", 4, 2, 3, 5, False, 1, _GROUPS),
         _gqa_case("H = 6, H_kv = 2, causal", 6, 2, 4, 4, True, 2, _GROUPS),
         _gqa_case("one key/value head (multi-query)", 4, 1, 2, 4, False, 3, _GROUPS),
@@ -187,15 +233,43 @@ def diagnose_gqa(case: Case, actual: Any) -> str | None:
     return _match_mistake(case.expected, actual, variants, _GQA_MISTAKES)
 
 
+_SIZES = re.compile(  # PyTorch's broadcasting error: the two sizes and the axis
+    r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at "
+    r"non-singleton dimension (\d+)"
+)
+_EINSUM = re.compile(r"has size (\d+) for operand \d+ .* previously seen size (\d+)")
+
+
 def explain_gqa_error(case: Case, err: Exception) -> str | None:
-    """Recognise a shape error from not repeating the key/value heads.
+    """Recognise a shape error: key/value heads not repeated, or a (T, T) mask.
+
+    PyTorch names the sizes and the axis that disagree: the heads are axis 1 of the
+    (B, H, T, S) scores, the keys axis 3.
 
     Introduced in chapter 9.
     """
-    if "size of tensor" in str(err) or "must match" in str(err):
+    q, k, _ = case.args
+    n_heads, n_kv_heads = q.size(1), k.size(1)
+    seq_len, kv_len = q.size(-2), k.size(-2)
+    found, axis = _SIZES.search(str(err)), None
+    if found is not None:
+        sizes, axis = {int(found[1]), int(found[2])}, int(found[3])
+    elif (found := _EINSUM.search(str(err))) is not None:
+        sizes = {int(found[1]), int(found[2])}
+    else:
+        return None
+    if n_heads != n_kv_heads and sizes == {n_heads, n_kv_heads} and axis in (1, None):
         return (
-            "q has H heads but k and v have H_kv: repeat the key/value heads to H "
-            "first (repeat_kv(k, H // H_kv))"
+            f"q has H = {n_heads} heads but k and v have H_kv = {n_kv_heads}: repeat "
+            "the key/value heads to H first (repeat_kv(k, H // H_kv))"
+        )
+    if kv_len != seq_len and sizes == {seq_len, kv_len} and axis in (2, 3):
+        return (
+            f"the scores are (T, S) = ({seq_len}, {kv_len}) per head, with S > T "
+            "because earlier positions are cached, but your mask is not (T, S); a "
+            "(T, T) mask only fits when nothing is cached. Build it with "
+            "causal_mask(T, S) from chapter 03: the queries are the last T of the S "
+            "positions"
         )
     return None
 
@@ -273,7 +347,21 @@ def compare_cache(expected: CacheAnswer, actual: Any) -> str | None:
     ):
         if not torch.equal(want, buffer):
             return f"the buffer {name} does not hold the new positions afterwards"
+    for name, got, buffer in zip(
+        ("keys", "values"), actual, (expected.cache_k, expected.cache_v), strict=True
+    ):
+        if not _shares_memory(got, buffer):
+            return (
+                f"the returned {name} are a copy: they do not share memory with the "
+                f"buffer {'cache_k' if name == 'keys' else 'cache_v'}"
+            )
     return None
+
+
+def _shares_memory(view: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether `view` lives in `buffer`'s memory (a slice does, a clone does not)."""
+    storage = view.untyped_storage().data_ptr()
+    return storage == buffer.untyped_storage().data_ptr()
 
 
 def diagnose_cache(case: Case, actual: Any) -> str | None:
@@ -294,10 +382,23 @@ def diagnose_cache(case: Case, actual: Any) -> str | None:
             if got.size(-2) == seq_len != start + seq_len:
                 return "you return only the new keys; attention needs every cached one"
     k = case.args[2]
+    got = actual[0] if isinstance(actual, tuple | list) and actual else None
+    copied = isinstance(got, torch.Tensor) and not _shares_memory(got, answer.cache_k)
     if not answer.cache_k[:, :, start : start + seq_len].any():
         return (
-            "the buffers are unchanged: torch.cat builds a new tensor and leaves the "
-            f"cache as it was; {_WRITE}"
+            "the buffers are unchanged: torch.cat and .clone() build new tensors and "
+            f"leave the cache as it was; {_WRITE}"
+        )
+    if got is k:
+        return (
+            "you return only the new keys, k itself; attention needs every cached "
+            "one: return cache_k[:, :, :start + T], a view of the buffer"
+        )
+    if copied:
+        return (
+            "return views of the buffers, not copies: a slice such as "
+            "cache_k[:, :, :start + T] shares the buffer's memory, while .clone(), "
+            ".contiguous() or torch.cat copy every cached position at every step"
         )
     late = answer.cache_k[:, :, start + 1 : start + 1 + seq_len]
     if late.shape == k.shape and torch.equal(late, k):
@@ -329,7 +430,8 @@ def _match_mistake(
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape:
         return False
-    return bool(torch.isclose(a, b.detach().to(a.dtype), RTOL, ATOL).all())
+    close = torch.isclose(a, b.detach().to(a.dtype), RTOL, ATOL, equal_nan=True)
+    return bool(close.all())
 
 
 RMS_NORM = register(
@@ -339,6 +441,7 @@ RMS_NORM = register(
         cases=rms_cases,
         compare=_compare,
         diagnose=diagnose_rms,
+        keep_inputs=True,
     )
 )
 GROUPED_QUERY_ATTENTION = register(
@@ -349,6 +452,7 @@ GROUPED_QUERY_ATTENTION = register(
         compare=_compare,
         diagnose=diagnose_gqa,
         explain_error=explain_gqa_error,
+        keep_inputs=True,
     )
 )
 CACHE_UPDATE = register(

@@ -4,6 +4,7 @@ Each chapter's module (`ch00`, `ch01`, ...) describes its exercises as `Exercise
 adds them with `register`; notebooks call `check_exercise("0.1", softmax)`.
 """
 
+import inspect
 import linecache
 import math
 import numbers
@@ -117,6 +118,10 @@ class Exercise:
     compare: Comparer = compare_tensors
     diagnose: Diagnoser | None = None  # recognises a plausible mistake in an output
     explain_error: ErrorExplainer | None = None  # the same for a raised exception
+    # True: the learner's function must leave its tensor arguments as they were; an
+    # answer that edits one in place (x /= ..., x.sub_(...)) fails with that reason.
+    # Off where writing into an argument is the task (a KV cache update).
+    keep_inputs: bool = False
 
 
 EXERCISES: dict[str, Exercise] = {}  # every registered exercise, by id
@@ -175,18 +180,26 @@ def check_exercise(exercise_id: str, fn: Callable[..., Any]) -> None:
     cases = exercise.cases()
     for number, case in enumerate(cases, start=1):
         where = f"check {number}/{len(cases)} ({case.name})"
+        call = _call_text(fn, case)  # before the call, which may edit the inputs
+        before = _snapshot(case) if exercise.keep_inputs else {}
         try:
             actual = fn(*case.args, **case.kwargs)
         except Exception as err:
             if number == 1 and isinstance(err, NotImplementedError):
                 print(f"Exercise {exercise.id}: not attempted yet")
                 return None
-            failure = AssertionError(_error_report(exercise, fn, case, where, err))
+            failure = AssertionError(
+                _error_report(exercise, fn, case, where, err, call)
+            )
             failure.learner_error = err
             raise failure from None
+        edited = _edited_input(fn, case, before)
+        if edited is not None:
+            report = _edited_report(exercise, case, where, actual, call, edited)
+            raise AssertionError(report)
         problem = exercise.compare(case.expected, actual)
         if problem is not None:
-            report = _wrong_report(exercise, fn, case, where, actual, problem)
+            report = _wrong_report(exercise, case, where, actual, problem, call)
             raise AssertionError(report)
     print(f"Exercise {exercise.id}: passed {len(cases)}/{len(cases)} checks")
     return None
@@ -195,8 +208,11 @@ def check_exercise(exercise_id: str, fn: Callable[..., Any]) -> None:
 def format_value(value: Any) -> str:
     """Show a value briefly: tensors rounded to 4 decimals, long ones by shape.
 
+    Tuples and lists show their items (the first few of a long one), dicts their
+    keys with a short summary of each value; any other repr is cut at 600 characters.
+
     Args:
-        value: a tensor, a number or anything with a repr.
+        value: a tensor, a number, a container of them, or anything with a repr.
 
     Returns:
         One line of text, e.g. `tensor([0.0900, 0.2447, 0.6652])` or `124,439,808`.
@@ -209,12 +225,14 @@ def format_value(value: Any) -> str:
         return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:.6g}"  # same digits for expected and got: 2.98776, 0.00055
-    if isinstance(value, tuple):
-        return "(" + ", ".join(format_value(item) for item in value) + ")"
+    if isinstance(value, tuple | list):
+        return _format_sequence(value)
+    if isinstance(value, dict):
+        return _format_dict(value)
     if isinstance(value, torch.nn.Module):
         children = ", ".join(name for name, _ in value.named_children())
         return f"{type(value).__name__}({children})"
-    return repr(value)
+    return _shorten(repr(value))
 
 
 def _lookup(exercise_id: str) -> Exercise:
@@ -234,13 +252,34 @@ def _id_order(exercise_id: str) -> tuple[int, ...]:
 
 
 def _wrong_type(actual: Any, wanted: str) -> str:
-    """Describe a return value of the wrong type, with the usual cause."""
+    """Describe a return value of the wrong type, with the usual cause.
+
+    `wanted` is "an int" or "a torch.Tensor"; the advice differs between the two.
+    """
     if actual is None:
         return f"expected {wanted}, got None: did you forget to `return` the result?"
-    if isinstance(actual, float):
-        return f"expected {wanted}, got a float; use // (not /) or int(...)"
-    if isinstance(actual, torch.Tensor):
-        return f"expected {wanted}, got a tensor; call .item() on it"
+    if wanted == "an int":
+        if isinstance(actual, float):
+            return f"expected {wanted}, got a float; use // (not /) or int(...)"
+        if isinstance(actual, torch.Tensor):
+            return f"expected {wanted}, got a tensor; call .item() on it"
+    elif isinstance(actual, numbers.Number):
+        return (
+            f"expected {wanted}, got a Python {type(actual).__name__}; return the "
+            "tensor itself: .item(), float(...) and int(...) turn a tensor into a "
+            "plain number"
+        )
+    elif isinstance(actual, tuple):
+        return f"expected {wanted}, got tuple of {len(actual)} items; return one tensor"
+    elif isinstance(actual, list):
+        return (
+            f"expected {wanted}, got list of {len(actual)} items; build one tensor "
+            "(torch.stack or torch.tensor) and return it"
+        )
+    elif type(actual).__module__ == "numpy":
+        return (
+            f"expected {wanted}, got a numpy array; stay in torch, or torch.tensor(...)"
+        )
     return f"expected {wanted}, got {type(actual).__name__}"
 
 
@@ -295,6 +334,94 @@ def _format_nested(values: Any, show: Callable[[Any], str]) -> str:
     return show(values)
 
 
+def _format_sequence(values: tuple | list) -> str:
+    """`(tensor([1.]), 2)` or `[...]`; only the first MAX_SHOWN items of a long one."""
+    shown = [_format_item(item) for item in values[:MAX_SHOWN]]
+    if len(values) > MAX_SHOWN:
+        shown.append(f"... {len(values) - MAX_SHOWN:,} more")
+    if isinstance(values, tuple):
+        return "(" + ", ".join(shown) + ("," if len(values) == 1 else "") + ")"
+    return "[" + ", ".join(shown) + "]"
+
+
+def _format_item(value: Any) -> str:
+    """An item of a list or tuple: whole numbers without separators, [256, 1000]."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    return format_value(value)
+
+
+def _format_dict(values: dict) -> str:
+    """`dict {'k': tensor of shape (2, 3), 'n': 4}`: keys, each value in brief."""
+    items = [f"{_shorten(repr(key), 40)}: {_summary(v)}" for key, v in values.items()]
+    if len(items) > MAX_SHOWN:
+        items = items[:MAX_SHOWN] + [f"... {len(items) - MAX_SHOWN:,} more"]
+    return "dict {" + ", ".join(items) + "}"
+
+
+def _summary(value: Any) -> str:
+    """A few words for one value inside a container: shapes, not contents."""
+    if isinstance(value, torch.Tensor):
+        dtype = "" if value.dtype == torch.float32 else f", {value.dtype}"
+        return f"tensor of shape {tuple(value.shape)}{dtype}"
+    if isinstance(value, numbers.Number | str | None):
+        return _shorten(format_value(value), 40)
+    if isinstance(value, tuple | list | dict):
+        return f"{type(value).__name__} of {len(value):,} items"
+    return type(value).__name__
+
+
+def _shorten(text: str, limit: int = 600) -> str:
+    """`text`, cut to `limit` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _snapshot(case: Case) -> dict[str, torch.Tensor]:
+    """Copies of the case's tensor arguments, by position ("0") or keyword."""
+    named = {str(i): arg for i, arg in enumerate(case.args)} | case.kwargs
+    return {
+        key: value.detach().clone()
+        for key, value in named.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def _edited_input(
+    fn: Callable[..., Any], case: Case, before: dict[str, torch.Tensor]
+) -> tuple[str, str] | None:
+    """(argument name, what changed) for the first tensor argument fn edited."""
+    for key, old in before.items():
+        new = case.args[int(key)] if key.isdigit() else case.kwargs[key]
+        new = new.detach().cpu()
+        if new.shape != old.shape:
+            change = f"its shape went from {tuple(old.shape)} to {tuple(new.shape)}"
+            return _argument_name(fn, key), change
+        changed = new != old.cpu()
+        if new.is_floating_point():
+            changed &= ~(new.isnan() & old.cpu().isnan())
+        if bool(changed.any()):
+            index = tuple(changed.nonzero()[0].tolist())
+            was = _format_scalar(old[index].item())
+            now = _format_scalar(new[index].item())
+            change = (
+                f"{int(changed.sum())} of {changed.numel()} values changed; first at "
+                f"index {index}: was {was}, now {now}"
+            )
+            return _argument_name(fn, key), change
+    return None
+
+
+def _argument_name(fn: Callable[..., Any], key: str) -> str:
+    """The name fn gives to argument `key` ("0", "1", ... or a keyword)."""
+    if not key.isdigit():
+        return key
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        names = []
+    return names[int(key)] if int(key) < len(names) else f"number {int(key) + 1}"
+
+
 def _call_text(fn: Callable[..., Any], case: Case) -> str:
     """The call that failed, as code: `softmax(tensor([1.0000]), dim=0)`."""
     parts = [format_value(arg) for arg in case.args]
@@ -315,21 +442,47 @@ def _field(label: str, text: str) -> str:
 
 def _wrong_report(
     exercise: Exercise,
-    fn: Callable[..., Any],
     case: Case,
     where: str,
     actual: Any,
     problem: str,
+    call: str,
 ) -> str:
     """The message for a wrong answer: case, values, difference, hint."""
     hint = exercise.diagnose(case, actual) if exercise.diagnose else None
     lines = [
         f"Exercise {exercise.id} failed {where}.",
-        _field("call", _call_text(fn, case)),
+        _field("call", call),
         _field("expected", format_value(case.expected)),
         _field("got", format_value(actual)),
         _field("problem", problem),
         _field("hint", hint or case.hint),
+    ]
+    return "\n".join(lines)
+
+
+def _edited_report(
+    exercise: Exercise,
+    case: Case,
+    where: str,
+    actual: Any,
+    call: str,
+    edited: tuple[str, str],
+) -> str:
+    """The message for an answer that changed one of its tensor arguments."""
+    name, change = edited
+    lines = [
+        f"Exercise {exercise.id} failed {where}.",
+        _field("call", call),
+        _field("expected", format_value(case.expected)),
+        _field("got", format_value(actual)),
+        _field("problem", f"your function changed its input {name} in place: {change}"),
+        _field(
+            "hint",
+            f"leave {name} as it was: the caller may still need it. Compute into a "
+            f"new tensor (y = {name} / s, not {name} /= s; no {name}[...] = ..., "
+            "no in-place methods ending in _ such as .mul_())",
+        ),
     ]
     return "\n".join(lines)
 
@@ -340,6 +493,7 @@ def _error_report(
     case: Case,
     where: str,
     err: Exception,
+    call: str,
 ) -> str:
     """The message for an exception raised by the learner's function."""
     hint = exercise.explain_error(case, err) if exercise.explain_error else None
@@ -349,7 +503,7 @@ def _error_report(
     line = _raising_line(fn, err)
     lines = [
         f"Exercise {exercise.id} failed {where}: {name} raised {type(err).__name__}.",
-        _field("call", _call_text(fn, case)),
+        _field("call", call),
         _field("error", f"{type(err).__name__}: {err}"),
     ]
     if line:

@@ -12,6 +12,7 @@ padding mask (B, 1, 1, S), a mask per example and head (B, H, T, S).
 """
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +93,23 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Returns:
         (B, H_kv * n_rep, S, Dh); `x` itself when n_rep is 1.
 
+    Raises:
+        ValueError: x is not 4-D, or n_rep is not a whole number >= 1.
+
     Introduced in chapter 4.
     """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
+        raise ValueError(
+            f"x must be keys or values of shape (B, H_kv, S, Dh), got {got}; for "
+            "one sequence add the batch axis, x[None]"
+        )
+    if isinstance(n_rep, bool) or not isinstance(n_rep, numbers.Integral) or n_rep < 1:
+        swapped = "; H_kv // H gives 0, so divide H by H_kv" if n_rep == 0 else ""
+        raise ValueError(
+            f"n_rep must be a whole number >= 1, H // H_kv (query heads per "
+            f"key/value head), got {n_rep!r}{swapped}"
+        )
     if n_rep == 1:
         return x
     batch_size, n_kv_heads, kv_len, head_dim = x.shape
