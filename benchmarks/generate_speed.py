@@ -7,7 +7,8 @@ each, the ratios, and whether the tokens are identical. Neither stops at the
 end-of-sequence token, so that both produce exactly 128 tokens.
 
 Our path without a cache recomputes the whole sequence at every step; it is slow, so
-it runs once.
+it runs once. `transformers` runs on PyTorch's default thread count; our cached steps
+run on the count `decode_threads` measures to be faster (one or all).
 
 Run: .venv/bin/python benchmarks/generate_speed.py [--new-tokens 128] [--repeats 3]
 """
@@ -20,7 +21,7 @@ import time
 import torch
 
 from utils.models import load_smollm2
-from utils.reference.llama import from_hf, generate
+from utils.reference.llama import decode_threads, from_hf, generate
 
 QUESTION = "Explain in a few sentences why the sky is blue."
 
@@ -65,6 +66,7 @@ def main() -> None:
             )
 
     ours(), theirs()  # warm-up: first calls allocate and pick kernels
+    print(f"our cached steps run on {decode_threads(model)} thread(s) (decode_threads)")
     times = {"ours": [], "transformers": []}
     for _ in range(args.repeats):
         seconds, out_ours = timed(ours)

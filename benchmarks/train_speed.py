@@ -27,6 +27,7 @@ Run: .venv/bin/python benchmarks/train_speed.py [--baseline] [--compile]
 """
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for plain_gpt
 
 from utils.data import shakespeare_char_data  # noqa: E402
+from utils.interp import shakespeare_gpt_config  # noqa: E402
 from utils.reference import GPT, GPTConfig  # noqa: E402
 from utils.training import (  # noqa: E402
     TrainConfig,
@@ -50,23 +52,13 @@ SEED = 1337  # nanoGPT's seed
 
 
 def model_config(vocab_size: int, positions: str = "rope") -> GPTConfig:
-    """nanoGPT's quick-start size; no biases and the exact GELU, as nanoGPT.
+    """nanoGPT's quick-start size: chapter 06's GPT (no biases, the exact GELU).
 
     The course's model differs from nanoGPT's in one switch: rotary positions
     (`positions="rope"`) instead of a learned table; `--positions learned` gives
     nanoGPT's architecture.
     """
-    return GPTConfig(
-        vocab_size=vocab_size,
-        context_length=64,
-        n_layers=4,
-        n_heads=4,
-        d_model=128,
-        dropout=0.0,
-        bias=False,
-        activation="gelu_exact",
-        positions=positions,
-    )
+    return dataclasses.replace(shakespeare_gpt_config(vocab_size), positions=positions)
 
 
 def matmul_peak(seconds: float = 1.0) -> float:

@@ -1,12 +1,12 @@
 """A LLaMA-style decoder that runs SmolLM2's weights, with a key/value cache.
 
-From chapter 05's GPT-2 layout, a LLaMA-style model changes five pieces:
+From chapter 05's GPT-2 layout, a LLaMA-style model changes four pieces and keeps one:
 
 - RMSNorm instead of LayerNorm (no centring, no bias);
 - rotary positions (RoPE) on queries and keys instead of a learned position table;
 - a SwiGLU MLP: down(silu(gate(x)) * up(x)), with no biases anywhere;
 - grouped-query attention: H query heads share H_kv < H key/value heads;
-- the output head tied to the token embedding (as GPT-2, and as SmolLM2).
+- kept: the output head tied to the token embedding (in GPT-2 and in SmolLM2).
 
 `from_hf` copies a `transformers` LlamaForCausalLM into `Llama`; `KVCache` keeps the
 keys and values of past positions so that decoding computes one new position per step;
@@ -14,9 +14,13 @@ keys and values of past positions so that decoding computes one new position per
 
 For speed on a CPU the model stores the q, k and v projections as one matrix (and the
 gate and up projections as another), so each layer runs two large matrix products
-where the textbook layout runs five.
+where the textbook layout runs five. `decode_step` computes one cached step with the
+same arithmetic in far fewer operations; `generate` uses it after the prompt, on the
+number of threads `decode_threads` measures to be faster.
 """
 
+import numbers
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +55,23 @@ class LlamaConfig:
     tie_embeddings: bool = True  # the output head reuses the token embedding
 
     def __post_init__(self) -> None:
+        _check_sizes(
+            "LlamaConfig",
+            vocab_size=self.vocab_size,
+            context_length=self.context_length,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            d_model=self.d_model,
+            head_dim=self.head_dim,
+            d_ff=self.d_ff,
+        )
+        if not self.rope_theta > 0 or not self.norm_eps >= 0:
+            raise ValueError(
+                f"rope_theta must be > 0 and norm_eps >= 0, got rope_theta="
+                f"{self.rope_theta} and norm_eps={self.norm_eps}; SmolLM2 uses 1e5 "
+                "and 1e-5"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}: "
@@ -58,6 +79,30 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+
+_SIZE_MEANINGS = {
+    "n_layers": "L, the number of blocks",
+    "batch_size": "B, the rows decoded together",
+    "n_kv_heads": "H_kv, the key/value heads, not the query heads",
+    "max_len": "S_max, the most positions the cache holds: prompt + new tokens",
+    "head_dim": "Dh, the width of one head",
+}
+
+
+def _check_sizes(owner: str, **sizes: Any) -> None:
+    """Raise unless every size is a whole number >= 1, saying which one is wrong."""
+    for name, value in sizes.items():
+        meaning = _SIZE_MEANINGS.get(name, "a size")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"{owner}: {name} ({meaning}) must be a whole number, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if value < 1:
+            raise ValueError(
+                f"{owner}: {name} ({meaning}) must be at least 1, got {value}"
+            )
 
 
 def llama_config_from_hf(hf_config: Any) -> LlamaConfig:
@@ -111,10 +156,22 @@ def kv_cache_update(
         (B, H_kv, start + T, Dh). Nothing is copied besides the T new positions.
 
     Raises:
-        ValueError: the new keys do not fit the buffer.
+        ValueError: start is negative, k and v differ in shape, or the new keys do
+            not fit the buffer.
 
     Introduced in chapter 9.
     """
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+        raise ValueError(
+            f"start must be a whole number >= 0 (how many positions are cached "
+            f"already), got {start!r}"
+        )
+    if k.dim() != 4 or k.shape != v.shape or cache_k.shape != cache_v.shape:
+        raise ValueError(
+            f"k and v must both be (B, H_kv, T, Dh) and cache_k and cache_v both "
+            f"(B, H_kv, S_max, Dh); got k {tuple(k.shape)}, v {tuple(v.shape)}, "
+            f"cache_k {tuple(cache_k.shape)}, cache_v {tuple(cache_v.shape)}"
+        )
     end = start + k.size(-2)
     if end > cache_k.size(-2):
         raise ValueError(
@@ -147,6 +204,10 @@ class KVCache:
         dtype: of the buffers.
         device: where to allocate them.
 
+    Raises:
+        ValueError: a size is below 1.
+        TypeError: a size is not a whole number.
+
     Introduced in chapter 9.
     """
 
@@ -160,6 +221,14 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
+        sizes = {
+            "n_layers": n_layers,
+            "batch_size": batch_size,
+            "n_kv_heads": n_kv_heads,
+            "max_len": max_len,
+            "head_dim": head_dim,
+        }
+        _check_sizes("KVCache", **sizes)
         shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
@@ -237,6 +306,12 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
+        if x.size(-1) != self.gate_up.in_features:
+            raise ValueError(
+                f"last dim must be d_model={self.gate_up.in_features}, got shape "
+                f"{tuple(x.shape)}; this SwiGLU was built for SwiGLU("
+                f"{self.gate_up.in_features}, {self.d_ff}): pass (B, T, D) activations"
+            )
         gate, up = self.gate_up(x).split(self.d_ff, dim=-1)  # 2 x (B, T, d_ff)
         return self.down(F.silu(gate) * up)  # (B, T, d_ff) -> (B, T, D)
 
@@ -336,6 +411,47 @@ def _one_thread():
             torch.set_num_threads(threads)
 
 
+_ID_DTYPES = (torch.int64, torch.int32)  # what nn.Embedding accepts as indices
+_DECODE_THREADS: dict[int, int] = {}  # PyTorch's thread count -> decoding's, measured
+
+
+def decode_threads(model: "Llama") -> int:
+    """How many threads cached decoding uses: 1 or all of PyTorch's, the faster here.
+
+    A decoding step multiplies one row by each matrix: the time goes into reading
+    the weights from memory, not into arithmetic. Whether a second thread reads
+    faster depends on the machine's memory system: on the 2-core machines the
+    course is tested on, one thread streams as fast as two, and it never waits for
+    the other core at the ~450 small operations of a step (under load such a wait
+    costs milliseconds each time). So this times the largest matrix, the output
+    head, with one thread and with all, once per process, and keeps the faster.
+
+    Introduced in chapter 9.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return 1
+    if threads not in _DECODE_THREADS:
+        weight = model.lm_head.weight.detach()
+        row = torch.randn(1, weight.size(1), dtype=weight.dtype, device=weight.device)
+
+        def best_time(n_threads: int) -> float:
+            torch.set_num_threads(n_threads)
+            times = []
+            for _ in range(4):  # the first read may include page faults
+                start = time.perf_counter()
+                F.linear(row, weight)
+                times.append(time.perf_counter() - start)
+            return min(times[1:])
+
+        try:
+            one, all_ = best_time(1), best_time(threads)
+        finally:
+            torch.set_num_threads(threads)
+        _DECODE_THREADS[threads] = 1 if one <= all_ else threads
+    return _DECODE_THREADS[threads]
+
+
 class LlamaBlock(nn.Module):
     """A pre-norm LLaMA block: x + attn(norm1(x)), then x + mlp(norm2(x)).
 
@@ -410,13 +526,21 @@ class Llama(nn.Module):
             (B, T, V), or (B, 1, V) with `last_only`.
 
         Raises:
-            ValueError: idx is not (B, T) ids, or the sequence would exceed the
-                context (the model does not crop: pass fewer tokens).
+            ValueError: idx is not (B, T) ids within the vocabulary, the sequence
+                would exceed the context (the model does not crop: pass fewer
+                tokens), or the cache was built for another model or batch size.
+            TypeError: cache is not a `KVCache`.
 
         Introduced in chapter 9.
         """
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(
+                f"cache must be a KVCache, got {type(cache).__name__}; build one "
+                "with KVCache.for_model(model, batch_size)"
+            )
         start = 0 if cache is None else cache.length
         self._check_input(idx, start, cache)
+        self._check_ids(idx)
         seq_len = idx.size(1)
         cos = self.rope_cos[start : start + seq_len]  # (T, Dh), positions offset
         sin = self.rope_sin[start : start + seq_len]
@@ -433,15 +557,25 @@ class Llama(nn.Module):
     def _check_input(
         self, idx: torch.Tensor, start: int, cache: KVCache | None
     ) -> None:
+        """Cheap checks (shapes and dtypes only): decoding runs them every token."""
         if (
             not isinstance(idx, torch.Tensor)
             or idx.dim() != 2
-            or idx.is_floating_point()
+            or idx.dtype not in _ID_DTYPES
         ):
-            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx)
+            got = (
+                f"shape {tuple(idx.shape)}, {idx.dtype}"
+                if isinstance(idx, torch.Tensor)
+                else type(idx).__name__
+            )
             raise ValueError(
-                f"idx must be (B, T) integer token ids, got {shape}; for one prompt "
-                "pass ids[None]"
+                f"idx must be (B, T) integer token ids (int64), got {got}; for one "
+                "prompt pass ids[None], and convert with .long()"
+            )
+        if idx.size(0) == 0 or idx.size(1) == 0:
+            raise ValueError(
+                f"idx holds no tokens: shape {tuple(idx.shape)}; pass at least one "
+                "token id per row, e.g. the tokenizer's BOS id"
             )
         end = start + idx.size(1)
         limit = (
@@ -460,6 +594,35 @@ class Llama(nn.Module):
                 f"the cache was built for batch size {cache.keys.size(1)}, but idx "
                 f"has {idx.size(0)} rows; build it with KVCache.for_model(model, "
                 f"batch_size={idx.size(0)})"
+            )
+        if cache is not None:
+            self._check_cache(cache)
+
+    def _check_cache(self, cache: KVCache) -> None:
+        """The cache's layers, heads, head width, dtype and device fit this model."""
+        c, keys, weight = self.config, cache.keys, self.tok_emb.weight
+        sizes = (keys.size(0), keys.size(2), keys.size(4))  # L, H_kv, Dh
+        if sizes != (c.n_layers, c.n_kv_heads, c.head_dim):
+            raise ValueError(
+                f"the cache holds (L, B, H_kv, S_max, Dh) = {tuple(keys.shape)}, but "
+                f"this model has L={c.n_layers}, H_kv={c.n_kv_heads}, "
+                f"Dh={c.head_dim}; build it with KVCache.for_model(model, batch_size)"
+            )
+        if keys.dtype != weight.dtype or keys.device != weight.device:
+            raise ValueError(
+                f"the cache holds {keys.dtype} on {keys.device}, the model "
+                f"{weight.dtype} on {weight.device}; KVCache.for_model(model, "
+                "batch_size) matches both"
+            )
+
+    def _check_ids(self, idx: torch.Tensor) -> None:
+        """Every id indexes the embedding: 0 <= id < V (one min/max over (B, T))."""
+        low, high = (int(value) for value in torch.aminmax(idx))
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must lie in 0..{self.config.vocab_size - 1} (the "
+                f"vocabulary), got ids from {low} to {high}; were they made by "
+                "another tokenizer, or do they hold a padding label such as -100?"
             )
 
 
@@ -514,14 +677,19 @@ def _store_for_decoding(model: Llama) -> None:
     transposed view. Decoding multiplies one row vector by each matrix, and the time
     goes into reading the matrix from memory. PyTorch's CPU kernels read an (in, out)
     layout at about twice the speed for the head and a third faster for the blocks'
-    matrices (measured on two cores), and the results equal the plain layout's up
-    to float rounding. The tied embedding shares the head's layout; a lookup reads
+    q/k/v, output and gate/up matrices (measured on two cores), and the results equal
+    the plain layout's up to float rounding. The MLP's down matrix, 1536 wide and 576
+    tall, is the exception: its usual (out, in) layout reads about a fifth faster, so
+    it stays. The tied embedding shares the head's layout; a lookup reads
     one strided column per token, which costs nothing next to a matrix.
     """
+    downs = {id(block.mlp.down) for block in model.blocks}
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for linear in linears:
             if linear is model.lm_head and model.config.tie_embeddings:
+                continue
+            if id(linear) in downs:  # (out, in) reads faster for this shape
                 continue
             linear.weight = nn.Parameter(linear.weight.t().contiguous().t())
         if model.config.tie_embeddings:
@@ -529,6 +697,86 @@ def _store_for_decoding(model: Llama) -> None:
                 model.tok_emb.weight.t().contiguous().t()
             )
             model.lm_head.weight = model.tok_emb.weight
+
+
+@torch.inference_mode()
+def decode_step(model: Llama, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """One cached decoding step, written for speed: the logits after `token`.
+
+    The arithmetic of `model(token, cache=cache, last_only=True)`, in about 15
+    PyTorch operations per block instead of about 100. With one position, a step
+    reads the 538 MB of weights once and does little else, so every operation's
+    fixed cost (a few microseconds of Python and dispatch) adds up: 30 blocks x 100
+    operations is several milliseconds per token. What changes:
+
+    - the modules are skipped: the loop reads each block's weights directly;
+    - RMSNorm is `F.rms_norm`, one call with the weight;
+    - RoPE rotates the queries and keys of all heads at once, and the rotate-half
+      step becomes a roll by Dh/2 against sines with the first half negated; the
+      1/sqrt(Dh) of attention is folded into the queries' cosines and sines, which
+      are shared by every block;
+    - attention of one query is two small matrix products and a softmax, with each
+      group of query heads against its key/value head (no mask: every cached
+      position is in the past);
+    - each residual add is folded into its matrix product (`torch.addmm`).
+
+    `tests/test_llama.py` checks that the logits and the cache equal the module
+    path's within float rounding.
+
+    Args:
+        model: a `Llama`.
+        token: (B, 1), the newest token of each row.
+        cache: the `KVCache` holding the earlier positions; the new keys and values
+            are written at position `cache.length`, which then moves on by 1.
+
+    Returns:
+        (B, V) logits for the next token.
+
+    Raises:
+        ValueError: token is not (B, 1) ids, or the cache is full or built for
+            another batch size.
+
+    Introduced in chapter 9.
+    """
+    if not isinstance(token, torch.Tensor) or token.dim() != 2 or token.size(1) != 1:
+        shape = tuple(token.shape) if isinstance(token, torch.Tensor) else type(token)
+        raise ValueError(f"token must be (B, 1) ids, got {shape}")
+    pos = cache.length
+    model._check_input(token, pos, cache)
+    c = model.config
+    n_qk, half = c.n_heads + c.n_kv_heads, c.head_dim // 2
+    batch_size = token.size(0)
+
+    # the rotation of position `pos`, one row per query or key head: (H + H_kv, Dh)
+    cos, sin = model.rope_cos[pos], model.rope_sin[pos]  # (Dh,) each
+    sin = torch.cat((-sin[:half], sin[half:]))  # rotate_half(x) * sin, as a roll
+    scale = cos.new_ones(n_qk, 1)
+    scale[: c.n_heads] = c.head_dim**-0.5  # queries carry attention's 1/sqrt(Dh)
+    cos, sin = cos * scale, sin * scale
+
+    x = model.tok_emb(token[:, 0])  # (B, D)
+    for layer, block in enumerate(model.blocks):
+        attn, mlp = block.attn, block.mlp
+        h = F.rms_norm(x, (c.d_model,), block.norm1.weight, c.norm_eps)
+        qkv = F.linear(h, attn.qkv.weight)  # (B, (H + 2 H_kv) Dh)
+        qk = qkv[:, : n_qk * c.head_dim].view(batch_size, n_qk, c.head_dim)
+        qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)  # RoPE, all heads
+        v = qkv[:, n_qk * c.head_dim :].view(batch_size, c.n_kv_heads, c.head_dim)
+        cache.keys[layer, :, :, pos] = qk[:, c.n_heads :]  # (B, H_kv, Dh)
+        cache.values[layer, :, :, pos] = v
+        keys = cache.keys[layer, :, :, : pos + 1]  # (B, H_kv, S, Dh)
+        values = cache.values[layer, :, :, : pos + 1]
+        q = qk[:, : c.n_heads].view(batch_size, c.n_kv_heads, -1, c.head_dim)
+        weights = torch.softmax(q @ keys.transpose(-1, -2), dim=-1)  # (B, H_kv, G, S)
+        out = (weights @ values).view(batch_size, -1)  # (B, H_kv, G, Dh) -> (B, H Dh)
+        x = torch.addmm(x, out, attn.out_proj.weight.t())  # x + out_proj(out)
+        h = F.rms_norm(x, (c.d_model,), block.norm2.weight, c.norm_eps)
+        gate_up = F.linear(h, mlp.gate_up.weight)  # (B, 2 d_ff)
+        hidden = F.silu(gate_up[:, : mlp.d_ff]) * gate_up[:, mlp.d_ff :]
+        x = torch.addmm(x, hidden, mlp.down.weight.t())  # x + down(hidden)
+    cache.advance(1)
+    x = F.rms_norm(x, (c.d_model,), model.norm.weight, c.norm_eps)
+    return F.linear(x, model.lm_head.weight)  # (B, V)
 
 
 @torch.inference_mode()
@@ -546,7 +794,8 @@ def generate(
     """Extend each sequence by up to `max_new_tokens` tokens.
 
     With the cache, the prompt runs once (prefill) and each later step feeds only the
-    newest token. Without it, every step recomputes the whole sequence.
+    newest token, through `decode_step` on `decode_threads(model)` threads. Without
+    it, every step recomputes the whole sequence.
 
     Args:
         model: a `Llama`.
@@ -562,11 +811,25 @@ def generate(
         (B, T + n) with n <= max_new_tokens new tokens.
 
     Raises:
-        ValueError: the prompt plus the new tokens exceed the context; the model
-            does not crop, so shorten the prompt or ask for fewer tokens.
+        ValueError: the prompt plus the new tokens exceed the context (the model
+            does not crop, so shorten the prompt or ask for fewer tokens), or
+            max_new_tokens is negative.
+        TypeError: max_new_tokens is not a whole number.
 
     Introduced in chapter 9.
     """
+    if isinstance(max_new_tokens, bool) or not isinstance(
+        max_new_tokens, numbers.Integral
+    ):
+        raise TypeError(
+            f"max_new_tokens must be a whole number, got "
+            f"{type(max_new_tokens).__name__} {max_new_tokens!r}; e.g. 20"
+        )
+    if max_new_tokens < 0:
+        raise ValueError(
+            f"max_new_tokens must be >= 0, got {max_new_tokens}; 0 returns the "
+            "prompt unchanged"
+        )
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.numel() == 0:
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx)
         raise ValueError(
@@ -585,14 +848,24 @@ def generate(
     out = torch.empty(batch_size, total, dtype=torch.long, device=idx.device)
     out[:, :prompt_len] = idx
     step_input, length = idx, prompt_len
-    for _ in range(max_new_tokens):
-        logits = model(step_input, cache=cache, last_only=True)[:, -1]  # (B, V)
-        next_id = sample_next_token(logits, temperature, top_k, top_p, generator)
-        out[:, length : length + 1] = next_id  # (B, 1)
-        length += 1
-        if eos_token_id is not None and bool((next_id == eos_token_id).all()):
-            break
-        step_input = next_id if use_cache else out[:, :length]
+    threads = torch.get_num_threads()  # the prompt runs on all of them
+    step_threads = decode_threads(model) if use_cache else threads
+    try:
+        for step in range(max_new_tokens):
+            if use_cache and step > 0:  # one new token: the fast path, same arithmetic
+                logits = decode_step(model, step_input, cache)  # (B, V)
+            else:  # the prompt (prefill), or everything again without a cache
+                logits = model(step_input, cache=cache, last_only=True)[:, -1]
+            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)
+            out[:, length : length + 1] = next_id  # (B, 1)
+            length += 1
+            if eos_token_id is not None and bool((next_id == eos_token_id).all()):
+                break
+            step_input = next_id if use_cache else out[:, :length]
+            if step == 0:
+                torch.set_num_threads(step_threads)  # see `decode_threads`
+    finally:
+        torch.set_num_threads(threads)
     return out[:, :length]
 
 
@@ -616,6 +889,8 @@ __all__ = [
     "LlamaBlock",
     "LlamaConfig",
     "SwiGLU",
+    "decode_step",
+    "decode_threads",
     "from_hf",
     "generate",
     "kv_bytes_per_token",
