@@ -340,3 +340,29 @@ def test_keep_inputs_accepts_a_fresh_result(
     toy(True)
     check_exercise("99.1", lambda values: values * 2)
     assert capsys.readouterr().out == "Exercise 99.1: passed 2/2 checks\n"
+
+
+def _softmax_in_place(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    x -= x.amax(dim=dim, keepdim=True)  # edits the caller's tensor
+    x.exp_()
+    return x / x.sum(dim=dim, keepdim=True)
+
+
+def _top_p_in_place(logits: torch.Tensor, p: float) -> torch.Tensor:
+    from utils.reference.sampling import filter_top_p
+
+    kept = filter_top_p(logits, p)
+    return logits.masked_fill_(kept == float("-inf"), float("-inf"))
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "answer"),
+    [("0.1", _softmax_in_place), ("5.2", _top_p_in_place)],
+)
+def test_exercises_reject_answers_that_edit_their_inputs(
+    exercise_id: str, answer: Callable
+) -> None:
+    import utils.checks.ch05  # noqa: F401  (registers 5.2)
+
+    message = failure_message(exercise_id, answer)
+    assert "in place" in message

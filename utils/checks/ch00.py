@@ -160,5 +160,6 @@ SOFTMAX = register(
         cases=softmax_cases,
         diagnose=diagnose_softmax,
         explain_error=explain_softmax_error,
+        keep_inputs=True,  # the caller's tensors must come back unchanged
     )
 )

@@ -526,5 +526,6 @@ ROTARY = register(
         cases=rope_cases,
         diagnose=diagnose_rope,
         explain_error=explain_rope_error,
+        keep_inputs=True,  # the caller's tensors must come back unchanged
     )
 )

@@ -373,5 +373,6 @@ ATTENTION = register(
         compare=compare_attention,
         diagnose=diagnose_attention,
         explain_error=explain_attention_error,
+        keep_inputs=True,  # the caller's tensors must come back unchanged
     )
 )

@@ -538,5 +538,6 @@ TOP_P = register(
         title="Top-p filtering",
         cases=top_p_cases,
         diagnose=diagnose_top_p,
+        keep_inputs=True,  # the caller's tensors must come back unchanged
     )
 )

@@ -225,5 +225,6 @@ INDUCTION_SCORE = register(
         compare=compare_tensors,
         diagnose=diagnose_induction,
         explain_error=explain_induction_error,
+        keep_inputs=True,  # the caller's tensors must come back unchanged
     )
 )

@@ -499,6 +499,7 @@ MEAN_POOL = register(
         title="Mean pooling that ignores padding",
         cases=pool_cases,
         diagnose=diagnose_pool,
+        keep_inputs=True,  # the caller's tensors must come back unchanged
     )
 )
 LORA_LAYER = register(
