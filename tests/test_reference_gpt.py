@@ -257,6 +257,8 @@ def test_gpt_rejects_bad_targets(
         ({"n_heads": 5}, "n_heads=5 must divide d_model=32"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"vocab_size": 0}, "vocab_size must be a whole number >= 1"),
+        ({"mlp_ratio": 0}, "mlp_ratio must be a whole number >= 1"),
+        ({"mlp_ratio": 1.5}, "mlp_ratio must be a whole number >= 1"),
         ({"activation": "swish"}, "unknown activation 'swish'"),
     ],
 )
@@ -323,6 +325,17 @@ def test_gpt_parameter_count_matches_arch_config(bias: bool) -> None:
     assert model.num_parameters(exclude_embeddings=True) == (
         model.num_parameters() - embeddings
     )
+
+
+@pytest.mark.parametrize("mlp_ratio", [1, 2, 4])
+def test_gpt_mlp_ratio_sets_the_mlp_width(mlp_ratio: int) -> None:
+    sizes = dict(vocab_size=V, context_length=16, n_layers=2, n_heads=H, d_model=D)
+    config = GPTConfig(**sizes, mlp_ratio=mlp_ratio)
+    model = GPT(config)
+    assert config.d_ff == mlp_ratio * D
+    assert model.blocks[0].mlp.up.weight.shape == (mlp_ratio * D, D)
+    assert config.arch_config().d_ff == mlp_ratio * D
+    assert model.num_parameters() == count_parameters(config.arch_config())
 
 
 # --- the fused paths of chapter 4's modules

@@ -10,10 +10,11 @@ The layout follows GPT-2 exactly (LayerNorm with eps 1e-5, biases everywhere, a 
 with tanh-GELU, a learned position table, the output head sharing the token embedding),
 so `load_gpt2_weights` can copy a `transformers` GPT-2 into it and reproduce its logits.
 
-One switch departs from GPT-2: `positions="rope"` drops the position table and rotates
-each block's queries and keys instead (chapter 2's rotary embedding, as in LLaMA and
-SmolLM2). Chapter 6 trains with it, because a small model learns faster when relative
-positions are built in than when it has to learn a table.
+Two switches depart from GPT-2. `positions="rope"` drops the position table and
+rotates each block's queries and keys instead (chapter 2's rotary embedding, as in LLaMA
+and SmolLM2). Chapter 6 trains with it, because a small model learns faster when
+relative positions are built in than when it has to learn a table. `mlp_ratio` sets the
+MLP's width in multiples of D (GPT-2: 4); `benchmarks/train_speed.py` trains with 1.
 """
 
 import math
@@ -50,7 +51,8 @@ class GPTConfig:
     context_length: int = 1024  # longest sequence; sizes the position table
     n_layers: int = 12  # L, number of transformer blocks
     n_heads: int = 12  # H, attention heads per block; head_dim = d_model // n_heads
-    d_model: int = 768  # D, width of the residual stream; the MLP is 4 * D wide
+    d_model: int = 768  # D, width of the residual stream
+    mlp_ratio: int = 4  # the MLP is mlp_ratio * D wide; GPT-2: 4
     dropout: float = 0.0  # one rate for embeddings, attention weights and branches
     bias: bool = True  # biases in the linear layers and LayerNorms (GPT-2: True)
     # the MLP's activation: "gelu" is GPT-2's tanh approximation; "gelu_exact" (erf)
@@ -63,7 +65,8 @@ class GPTConfig:
     rope_theta: float = 10000.0  # RoPE's frequency base (only with positions="rope")
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
+        sizes = ("vocab_size", "context_length", "n_layers", "n_heads", "d_model")
+        for name in (*sizes, "mlp_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -101,8 +104,8 @@ class GPTConfig:
 
     @property
     def d_ff(self) -> int:
-        """The hidden width of the MLP, 4 * d_model as in GPT-2."""
-        return 4 * self.d_model
+        """The hidden width of the MLP, mlp_ratio * d_model (GPT-2: 4 * d_model)."""
+        return self.mlp_ratio * self.d_model
 
     def arch_config(self) -> ArchConfig:
         """The same architecture as chapter 1's `ArchConfig`, for counting parameters.
