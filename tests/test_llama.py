@@ -185,6 +185,9 @@ def test_kv_bytes_per_token_smollm2():
     config = LlamaConfig()
     assert kv_bytes_per_token(config) == 2 * 30 * 3 * 64 * 4 == 46_080
     assert kv_bytes_per_token(config, n_kv_heads=9) == 3 * 46_080
+    for bad, match in [(0, ">= 1, got 0"), (2.0, ">= 1, got 2.0"), (2, "divide")]:
+        with pytest.raises(ValueError, match=match):
+            kv_bytes_per_token(config, n_kv_heads=bad)
 
 
 def test_generate_greedy_matches_transformers_tiny():

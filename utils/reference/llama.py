@@ -876,9 +876,19 @@ def kv_bytes_per_token(config: LlamaConfig, n_kv_heads: int | None = None) -> in
         config: the model's sizes.
         n_kv_heads: override H_kv, e.g. `config.n_heads` for plain multi-head.
 
+    Raises:
+        ValueError: n_kv_heads is not a whole number >= 1 that divides n_heads.
+
     Introduced in chapter 9.
     """
     n_kv = config.n_kv_heads if n_kv_heads is None else n_kv_heads
+    if isinstance(n_kv, bool) or not isinstance(n_kv, int) or n_kv < 1:
+        raise ValueError(f"n_kv_heads must be a whole number >= 1, got {n_kv!r}")
+    if config.n_heads % n_kv:
+        raise ValueError(
+            f"n_kv_heads={n_kv} must divide n_heads={config.n_heads}: each key/value "
+            "head serves the same number of query heads"
+        )
     return 2 * config.n_layers * n_kv * config.head_dim * 4
 
 
