@@ -274,6 +274,17 @@ def test_load_shakespeare_gpt_refuses_another_config(tmp_path):
         load_shakespeare_gpt(path, data=_fake_data())
 
 
+def test_load_shakespeare_gpt_reads_a_config_saved_before_mlp_ratio(tmp_path):
+    path = tmp_path / "old.pt"
+    config = shakespeare_gpt_config(10)
+    save_checkpoint(path, GPT(config), step=0, config=config)
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["mlp_ratio"]  # as chapter 6 saved it before the field existed
+    torch.save(saved, path)
+    model, trained = load_shakespeare_gpt(path, data=_fake_data())
+    assert not trained and model.config.mlp_ratio == 4
+
+
 # --- the two copies of a repeated block ---------------------------------------------
 
 
