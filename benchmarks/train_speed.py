@@ -18,7 +18,8 @@ validation loss at this budget (README.md has the measurements). Then it prints:
 
 With `--baseline` it also times a plain PyTorch GPT of nanoGPT's shape, written as
 nanoGPT and most tutorials write one (`benchmarks/plain_gpt.py`), in bursts of 20
-steps after every 100 of ours, and prints the ratio of the two medians. Run it on a
+steps at the start and after every 100 of ours, and prints the ratio of the two
+medians. Run it on a
 quiet machine: other work on the cores changes every figure, and even a quiet virtual
 machine drifts by 10-20 %.
 
@@ -28,8 +29,9 @@ bfloat16 (autocast: weights, optimizer state, attention and evaluation stay floa
 where the CPU computes bfloat16 natively (AVX512-BF16 or AMX), in float32 elsewhere
 (`--precision fp32` forces float32).
 
-Run: .venv/bin/python benchmarks/train_speed.py [--baseline] [--compile auto|yes|no]
-        [--precision auto|fp32|bf16] [--mlp-ratio N] [--positions rope|learned]
+Run: .venv/bin/python benchmarks/train_speed.py [--baseline] [--baseline-burst N]
+        [--compile auto|yes|no] [--precision auto|fp32|bf16] [--mlp-ratio N]
+        [--positions rope|learned] [--steps N]       (--help says more)
 """
 
 import argparse
@@ -61,7 +63,7 @@ SEED = 1337  # nanoGPT's seed
 
 # The MLP's width, in multiples of D. nanoGPT and chapter 06 use 4; at this budget
 # (2,000 steps of 768 tokens) the width buys no loss (see README.md), so the
-# benchmark trains the narrowest: a third of the FLOPs of the 4x MLP's model.
+# benchmark trains the narrowest: half the FLOPs of the 4x MLP's model.
 MLP_RATIO = 1
 
 
@@ -167,17 +169,30 @@ class InterleavedBaseline:
         return statistics.median(self.group_ms)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=2000, help="training iterations"
+    )
     parser.add_argument(
         "--compile",
         nargs="?",
         choices=("auto", "yes", "no"),
         const="yes",
         default="auto",
-        help="torch.compile the model; auto (the default): where a test compile "
-        "works (on a CPU it needs a C++ compiler)",
+        help="torch.compile the model (a bare --compile means yes); auto: where a "
+        "test compile works (on a CPU it needs a C++ compiler)",
     )
     parser.add_argument(
         "--baseline",
@@ -186,9 +201,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--baseline-burst",
-        type=int,
+        type=positive_int,
         default=20,
-        help="plain steps timed after every 100 of ours (--baseline)",
+        help="with --baseline: plain steps timed at the start and after every 100 "
+        "of ours, a multiple of 10",
     )
     parser.add_argument(
         "--precision",
@@ -198,16 +214,23 @@ def main() -> None:
         "auto: bf16 where the CPU has them, else fp32",
     )
     parser.add_argument(
-        "--positions", choices=("rope", "learned"), default="rope", help="see GPTConfig"
+        "--positions",
+        choices=("rope", "learned"),
+        default="rope",
+        help="rotary positions or a learned table (nanoGPT); see GPTConfig",
     )
     parser.add_argument(
         "--mlp-ratio",
-        type=int,
+        type=positive_int,
         default=MLP_RATIO,
-        help=f"the MLP's width in multiples of D (default {MLP_RATIO}; nanoGPT "
-        "and chapter 06: 4)",
+        help="the MLP's width in multiples of D (nanoGPT and chapter 06: 4)",
     )
     args = parser.parse_args()
+    if args.baseline_burst % 10:
+        parser.error(
+            f"--baseline-burst must be a multiple of 10 (timed in groups of 10), got "
+            f"{args.baseline_burst}"
+        )
 
     data = shakespeare_char_data()
     vocab_size = data.tokenizer.vocab_size
@@ -262,7 +285,7 @@ def main() -> None:
         print(f"{label:32s} {baseline.ms:8.1f}")
         print(f"{'ours relative to the plain GPT':32s} {ms / baseline.ms:8.2f}x")
     print(f"{'tokens per second':32s} {tokens_per_s:8.0f}")
-    print(f"{'wall time, evaluations included':32s} {wall:8.1f} s")
+    print(f"{'wall time (compile, evaluations)':32s} {wall:8.1f} s")
     print(
         f"{'final train loss (20 batches)':32s} {history['eval_train_loss'][-1]:8.3f}"
     )
@@ -270,7 +293,7 @@ def main() -> None:
     print(f"{'val loss, whole split':32s} {whole_val:8.3f}")
     achieved = flops / (ms / 1000)
     print(
-        f"{'share of matmul peak':32s} {achieved / peak:8.1%}  "
+        f"{'share of float32 matmul peak':32s} {achieved / peak:8.1%}  "
         f"({achieved / 1e9:.0f} of {peak / 1e9:.0f} GFLOP/s)"
     )
 

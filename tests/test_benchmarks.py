@@ -32,6 +32,21 @@ def test_train_speed_prints_its_figures() -> None:
         "plain GPT, 20 steps between",
         "ours relative to the plain GPT",
         "val loss, whole split",
-        "share of matmul peak",
+        "share of float32 matmul peak",
     ]:
         assert line in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--mlp-ratio", "0"], "must be a whole number >= 1, got 0"),
+        (["--steps", "-3"], "must be a whole number >= 1, got -3"),
+        (["--baseline-burst", "15"], "must be a multiple of 10"),
+    ],
+)
+def test_train_speed_rejects_bad_flags_before_any_work(flags, match) -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), *flags]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and match in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

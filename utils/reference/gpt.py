@@ -41,8 +41,9 @@ class GPTConfig:
     """The sizes and switches of a GPT; the defaults are GPT-2 small (124 M).
 
     Raises:
-        ValueError: a size below 1, n_heads that does not divide d_model, dropout
-            outside [0, 1), or an unknown activation.
+        ValueError: a size or mlp_ratio that is not a whole number >= 1 (a bool
+            does not count), n_heads that does not divide d_model, dropout outside
+            [0, 1), or an unknown activation.
 
     Introduced in chapter 5.
     """
